@@ -1,0 +1,96 @@
+"""The ``diptych`` command: serve, make-tiny, bench.
+
+Subcommands import their modules lazily so that ``diptych --help`` stays fast.
+Each bench module exposes ``add_arguments(parser)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# Bench name → module; each module exposes add_arguments(parser) and run(args) -> int.
+BENCHES: dict[str, str] = {}
+
+# make-tiny FAMILY → "module:function(out_dir: Path, seed: int) -> Path".
+TINY_FACTORIES: dict[str, str] = {
+    "qwen-image": "diptych.models.qwen_image.tiny:write_tiny_qwen_image",
+    "qwen-image-edit": "diptych.models.qwen_image.tiny:write_tiny_qwen_image_edit",
+}
+
+
+def _load(target: str):  # noqa: ANN202 - returns a module attribute of any kind
+    module_name, _, attr = target.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, attr) if attr else module
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from diptych.server.main import serve
+
+    overrides = {k: v for k, v in vars(args).items() if k not in {"command", "func"} and v is not None}
+    return serve(overrides)
+
+
+def _make_tiny(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    factory = _load(TINY_FACTORIES[args.family])
+    path = factory(Path(args.out_dir), seed=args.seed)
+    sys.stdout.write(f"{path}\n")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    return int(_load(BENCHES[args.bench]).run(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diptych", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="start the OpenAI-compatible server")
+    serve.add_argument("--model", help="checkpoint directory (default: the embedded default model)")
+    serve.add_argument("--served-model-name", dest="served_model_name")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--device", choices=["cpu", "cuda"])
+    serve.add_argument(
+        "--api-key", dest="api_keys", action="append", help="bearer key (repeatable); also DIPTYCH_API_KEYS"
+    )
+    serve.add_argument("--cache-dir", dest="cache_dir")
+    serve.add_argument("--queue-depth", dest="queue_depth", type=int)
+    serve.add_argument("--request-timeout", dest="request_timeout_s", type=float)
+    serve.add_argument("--kv-cache-gib", dest="kv_cache_gib", type=float)
+    serve.add_argument("--max-image-side", dest="max_image_side", type=int)
+    serve.add_argument("--max-steps", dest="max_steps", type=int)
+    serve.add_argument("--max-n", dest="max_n", type=int)
+    serve.add_argument("--max-prompt-tokens", dest="max_prompt_tokens", type=int)
+    serve.add_argument("--max-body-bytes", dest="max_body_bytes", type=int)
+    serve.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(func=_serve)
+
+    tiny = sub.add_parser("make-tiny", help="write a tiny random checkpoint in a family's public layout")
+    tiny.add_argument("family", choices=sorted(TINY_FACTORIES))
+    tiny.add_argument("out_dir")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=_make_tiny)
+
+    bench = sub.add_parser("bench", help="benchmarks (ratios measured side by side in one run)")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    for name, module in BENCHES.items():
+        bench_parser = bench_sub.add_parser(name)
+        bench_parser.set_defaults(func=_bench, _bench_module=module)
+        _load(module).add_arguments(bench_parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,37 @@
+"""Bounded admission per engine: past the limit a request is refused at once (429), never queued forever."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+import time
+
+from diptych.engine.errors import QueueFullError
+
+
+class AdmissionGate:
+    def __init__(self, name: str, limit: int) -> None:
+        self.name = name
+        self.limit = limit
+        self.in_flight = 0
+        # Exponentially weighted mean latency, used to suggest when to retry.
+        self._mean_latency_s = 1.0
+
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        if self.in_flight >= self.limit:
+            raise QueueFullError(
+                f"the {self.name} queue is full ({self.limit} requests in flight); retry later",
+                retry_after_s=self.retry_after_s(),
+            )
+        self.in_flight += 1
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self._mean_latency_s = 0.8 * self._mean_latency_s + 0.2 * (time.monotonic() - started)
+
+    def retry_after_s(self) -> int:
+        return max(1, math.ceil(self._mean_latency_s))

@@ -1,0 +1,58 @@
+"""Messages between the gateway process and the flow-decoder worker process (pickled)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from diptych.engine.types import ImageEvent, ImageRequest
+
+
+@dataclass(frozen=True)
+class Submit:
+    request: ImageRequest
+
+
+@dataclass(frozen=True)
+class Abort:
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """Finish the jobs in flight, then exit."""
+
+
+@dataclass(frozen=True)
+class Ready:
+    pass
+
+
+@dataclass(frozen=True)
+class Fatal:
+    """The worker cannot run at all (the checkpoint failed to load)."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    request_id: str
+    event: ImageEvent
+
+
+@dataclass(frozen=True)
+class JobFailed:
+    request_id: str
+    message: str
+    invalid_request: bool = False
+
+
+@dataclass(frozen=True)
+class WorkerStats:
+    active_requests: int
+    active_images: int
+    steps_total: int
+
+
+Inbound = Submit | Abort | Shutdown
+Outbound = Ready | Fatal | JobEvent | JobFailed | WorkerStats

@@ -1,0 +1,213 @@
+"""The orchestrator: turns a request into the stages of the loaded family and runs them.
+
+It owns admission (bounded, 429 past the limit), deadlines (504), cancellation (closing
+a stream aborts the engine request) and the checks every request passes before compute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, TypeVar
+
+from diptych.engine.admission import AdmissionGate
+from diptych.engine.config import EngineConfig
+from diptych.engine.errors import (
+    CapabilityError,
+    DeadlineExceededError,
+    EngineUnavailableError,
+    InvalidRequestError,
+)
+from diptych.engine.flow_client import FlowClient
+from diptych.engine.protocol import EngineStats, Health, HealthState
+from diptych.engine.types import ChatEvent, ChatFinished, ChatRequest, ImageEvent, ImageRequest
+from diptych.models.base import FamilyAdapter, ModelCard
+
+if TYPE_CHECKING:
+    from diptych.engine.ar_engine import AREngine
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Orchestrator:
+    def __init__(
+        self, config: EngineConfig, adapter: FamilyAdapter, *, ar: AREngine | None, flow: FlowClient | None
+    ) -> None:
+        self._config = config
+        self._adapter = adapter
+        capabilities = adapter.capabilities()
+        self._card = ModelCard(
+            name=config.served_name,
+            family=adapter.family,
+            architecture=type(adapter).__name__,
+            capabilities=capabilities,
+            max_model_len=config.max_model_len,
+        )
+        self._ar = ar
+        self._flow = flow
+        self._chat_gate = AdmissionGate("chat", config.limits.queue_depth)
+        self._image_gate = AdmissionGate("image", config.limits.queue_depth)
+        self._generated_tokens = 0
+        self._stopping = False
+
+    @property
+    def card(self) -> ModelCard:
+        return self._card
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        starts = []
+        if self._ar is not None:
+            ar_dir = await asyncio.to_thread(self._adapter.prepare_ar_model, self._config.cache_dir / "staging")
+            if ar_dir is None:
+                raise RuntimeError(f"{self._card.family} declares understanding but has no AR model")
+            starts.append(self._ar.start(ar_dir))
+        if self._flow is not None:
+            starts.append(self._flow.start())
+        await asyncio.gather(*starts)
+
+    async def shutdown(self) -> None:
+        self._stopping = True
+        stops = [e.shutdown() for e in (self._ar, self._flow) if e is not None]
+        await asyncio.gather(*stops, return_exceptions=True)
+
+    def health(self) -> Health:
+        components: dict[str, HealthState] = {}
+        if self._ar is not None:
+            components["ar"] = self._ar.state  # type: ignore[assignment]
+        if self._flow is not None:
+            components["flow"] = self._flow.state  # type: ignore[assignment]
+        states = set(components.values())
+        state: HealthState
+        if self._stopping:
+            state = "stopping"
+        elif states == {"ok"}:
+            state = "ok"
+        elif "starting" in states and "down" not in states:
+            state = "starting"
+        elif "ok" in states:
+            state = "degraded"
+        else:
+            state = "down"
+        return Health(state, components)
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            in_flight={"chat": self._chat_gate.in_flight, "image": self._image_gate.in_flight},
+            active_batch={
+                "ar": self._ar.num_running() if self._ar is not None else 0,
+                "flow": self._flow.active_images if self._flow is not None else 0,
+            },
+            generated_tokens_total=self._generated_tokens,
+            denoising_steps_total=self._flow.steps_total if self._flow is not None else 0,
+        )
+
+    # -- requests -----------------------------------------------------------------------
+    async def chat(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
+        if self._ar is None:
+            raise CapabilityError(f"model {self._card.name} cannot answer questions (no 'understand' capability)",
+                                  param="model", code="capability_not_supported")
+        limits = self._config.limits
+        if request.sampling.max_tokens > limits.max_output_tokens:
+            raise InvalidRequestError(
+                f"max_tokens {request.sampling.max_tokens} exceeds the limit of {limits.max_output_tokens}",
+                param="max_tokens",
+            )
+        images = sum(1 for m in request.messages for p in m.content if hasattr(p, "image"))
+        if images > limits.max_images_per_request:
+            raise InvalidRequestError(
+                f"{images} images in one request exceed the limit of {limits.max_images_per_request}",
+                param="messages",
+            )
+        with self._chat_gate.admit():
+            deadline = asyncio.get_running_loop().time() + limits.request_timeout_s
+            prompt = await asyncio.to_thread(self._adapter.render_chat, request.messages)
+            prompt_tokens = await asyncio.to_thread(self._adapter.count_prompt_tokens, prompt.text)
+            if prompt_tokens > limits.max_prompt_tokens:
+                raise InvalidRequestError(
+                    f"the prompt has {prompt_tokens} tokens, over the limit of {limits.max_prompt_tokens}",
+                    param="messages",
+                    code="context_length_exceeded",
+                )
+            stream = self._ar.generate(prompt, request.sampling, request.request_id)
+            async for event in _until(stream, deadline):
+                if isinstance(event, ChatFinished):
+                    self._generated_tokens += event.completion_tokens
+                yield event
+
+    async def images(self, request: ImageRequest) -> AsyncIterator[ImageEvent]:
+        self._check_image_request(request)
+        assert self._flow is not None  # _check_image_request guarantees it
+        with self._image_gate.admit():
+            deadline = asyncio.get_running_loop().time() + self._config.limits.request_timeout_s
+            async for event in _until(self._flow.run(request), deadline):
+                yield event
+
+    def _check_image_request(self, request: ImageRequest) -> None:
+        caps = self._card.capabilities
+        limits = self._config.limits
+        task = "edit" if request.is_edit else "generate"
+        if not getattr(caps, task) or self._flow is None:
+            raise CapabilityError(
+                f"model {self._card.name} does not support the '{task}' capability "
+                f"(it supports: {', '.join(caps.names())})",
+                param="model",
+                code="capability_not_supported",
+            )
+        if self._stopping:
+            raise EngineUnavailableError("the server is shutting down")
+        if request.n > limits.max_n:
+            raise InvalidRequestError(f"n={request.n} exceeds the limit of {limits.max_n}", param="n")
+        if request.num_inference_steps > limits.max_steps:
+            raise InvalidRequestError(
+                f"num_inference_steps={request.num_inference_steps} exceeds the limit of {limits.max_steps}",
+                param="num_inference_steps",
+            )
+        max_side = min(caps.max_side, limits.max_image_side)
+        for side_name, side in (("width", request.width), ("height", request.height)):
+            if not caps.min_side <= side <= max_side or side % caps.size_multiple:
+                raise InvalidRequestError(
+                    f"size {request.width}x{request.height} is not supported: each side must be between "
+                    f"{caps.min_side} and {max_side} and a multiple of {caps.size_multiple} ({side_name} is {side})",
+                    param="size",
+                    code="unsupported_size",
+                )
+        if len(request.source_images) > caps.max_source_images:
+            raise InvalidRequestError(
+                f"{len(request.source_images)} source images exceed this model's limit of {caps.max_source_images}",
+                param="image",
+            )
+        if request.mask is not None and not caps.supports_mask:
+            raise InvalidRequestError(f"model {self._card.name} does not support masks", param="mask")
+
+
+def build_orchestrator(config: EngineConfig, adapter: FamilyAdapter, *, log_level: str = "INFO") -> Orchestrator:
+    """The orchestrator with the engines the adapter's capabilities call for."""
+    from diptych.engine.ar_engine import AREngine
+
+    capabilities = adapter.capabilities()
+    ar = AREngine(config) if capabilities.understand else None
+    flow = FlowClient(config, log_level=log_level) if capabilities.generate or capabilities.edit else None
+    return Orchestrator(config, adapter, ar=ar, flow=flow)
+
+
+async def _until(stream: AsyncIterator[T], deadline: float) -> AsyncIterator[T]:
+    """Relay ``stream`` until ``deadline`` (event-loop time); past it, abort and raise 504's error."""
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise DeadlineExceededError("the request exceeded its deadline and was cancelled")
+            try:
+                item = await asyncio.wait_for(anext(stream), remaining)
+            except StopAsyncIteration:
+                return
+            except TimeoutError as exc:
+                raise DeadlineExceededError("the request exceeded its deadline and was cancelled") from exc
+            yield item
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]

@@ -1,0 +1,50 @@
+"""The one small interface the gateway uses to talk to engines (vLLM's ``EngineClient`` idea)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from diptych.engine.types import ChatEvent, ChatRequest, ImageEvent, ImageRequest
+from diptych.models.base import ModelCard
+
+HealthState = Literal["starting", "ok", "degraded", "down", "stopping"]
+
+
+@dataclass(frozen=True)
+class Health:
+    state: HealthState
+    components: dict[str, HealthState]
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    in_flight: dict[str, int]
+    active_batch: dict[str, int]
+    generated_tokens_total: int
+    denoising_steps_total: int
+
+
+class EngineClient(Protocol):
+    """Submit, stream events, abort (by closing the stream), health.
+
+    Closing an event stream early (the client went away) aborts the request: it stops
+    consuming compute at the engine's next step.
+    """
+
+    @property
+    def card(self) -> ModelCard: ...
+
+    def chat(self, request: ChatRequest) -> AsyncIterator[ChatEvent]: ...
+
+    def images(self, request: ImageRequest) -> AsyncIterator[ImageEvent]: ...
+
+    def health(self) -> Health: ...
+
+    def stats(self) -> EngineStats: ...
+
+    async def start(self) -> None: ...
+
+    async def shutdown(self) -> None: ...

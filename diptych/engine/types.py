@@ -1,0 +1,110 @@
+"""Requests and events that cross the gateway ↔ engine boundary (and the engine ↔ worker one).
+
+Frozen dataclasses of plain values and PIL images: picklable, free of HTTP and tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class TextPart:
+    text: str
+
+
+@dataclass(frozen=True)
+class ImagePart:
+    image: Image.Image
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: Literal["system", "user", "assistant"]
+    content: tuple[TextPart | ImagePart, ...]
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0: no top-k truncation
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    request_id: str
+    messages: tuple[ChatMessage, ...]
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """New text of a chat completion, as it is decoded."""
+
+    text: str
+    num_tokens: int
+
+
+@dataclass(frozen=True)
+class ChatFinished:
+    finish_reason: Literal["stop", "length"]
+    prompt_tokens: int
+    completion_tokens: int
+
+
+ChatEvent = TextDelta | ChatFinished
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """One generate or edit request; ``source_images`` empty means text-to-image."""
+
+    request_id: str
+    prompt: str
+    width: int
+    height: int
+    n: int = 1
+    negative_prompt: str | None = None
+    num_inference_steps: int = 20
+    guidance_scale: float = 4.0
+    seed: int | None = None
+    source_images: tuple[Image.Image, ...] = ()
+    mask: Image.Image | None = None
+    partial_images: int = 0
+
+    @property
+    def is_edit(self) -> bool:
+        return bool(self.source_images)
+
+
+@dataclass(frozen=True)
+class ImageProgress:
+    step: int
+    total: int
+
+
+@dataclass(frozen=True)
+class PartialImage:
+    """A preview decoded from the predicted clean latent of image ``index`` at ``step``."""
+
+    index: int
+    partial_index: int
+    image: Image.Image
+    step: int
+    total: int
+
+
+@dataclass(frozen=True)
+class ImagesFinished:
+    images: tuple[Image.Image, ...]
+    prompt_tokens: int = 0
+
+
+ImageEvent = ImageProgress | PartialImage | ImagesFinished

@@ -1,0 +1,81 @@
+"""Family (b): Qwen-Image and Qwen-Image-Edit in the diffusers layout.
+
+The Qwen2.5-VL in ``text_encoder/`` answers questions (served by vLLM) and encodes
+prompts for the MMDiT in ``transformer/``; edit checkpoints also put the source image
+through the VLM and the VAE.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import Any, ClassVar
+
+from diptych.engine.types import ChatMessage
+from diptych.models.base import Capabilities, ChatPrompt, FlowRunner
+
+_EDIT_PIPELINES = frozenset({"QwenImageEditPipeline"})
+
+
+class QwenImageAdapter:
+    family: ClassVar[str] = "qwen-image"
+
+    def __init__(self, model_dir: Path) -> None:
+        self.model_dir = model_dir
+        index = json.loads((model_dir / "model_index.json").read_text())
+        self.pipeline_class = str(index["_class_name"])
+        missing = [c for c in ("text_encoder", "tokenizer", "transformer", "vae", "scheduler") if c not in index]
+        if missing:
+            raise ValueError(f"{model_dir}/model_index.json lacks components {missing}")
+        self.is_edit = self.pipeline_class in _EDIT_PIPELINES
+
+    def capabilities(self) -> Capabilities:
+        vae_config = json.loads((self.model_dir / "vae" / "config.json").read_text())
+        # Latents are 2x2-patchified after the VAE's 8x downsampling: sides are multiples of 16.
+        multiple = 2 ** len(vae_config.get("temperal_downsample", [0, 0, 0])) * 2
+        return Capabilities(
+            understand=True,
+            generate=True,  # an edit checkpoint also generates from text alone (no source latents)
+            edit=self.is_edit,
+            min_side=multiple * 2,
+            max_side=2048,
+            size_multiple=multiple,
+            default_size=(256, 256),
+            max_source_images=1,
+            supports_mask=False,
+            default_steps=20,
+            default_guidance_scale=4.0,
+        )
+
+    def prepare_ar_model(self, staging_root: Path) -> Path:
+        from diptych.models.qwen_image.vlm_staging import stage_for_vllm
+
+        return stage_for_vllm(self.model_dir, staging_root)
+
+    @cached_property
+    def _processor(self) -> Any:
+        from diptych import compat
+
+        compat.install()
+        from transformers import AutoProcessor
+
+        source = self.model_dir / "processor"
+        if not source.is_dir():
+            source = self.model_dir / "tokenizer"
+        return AutoProcessor.from_pretrained(source)
+
+    def render_chat(self, messages: tuple[ChatMessage, ...]) -> ChatPrompt:
+        from diptych.models.qwen_image.chat import render_chat
+
+        return render_chat(self._processor, messages)
+
+    def count_prompt_tokens(self, text: str) -> int:
+        from diptych.models.qwen_image.chat import count_tokens
+
+        return count_tokens(self._processor, text)
+
+    def build_flow_runner(self, device: str) -> FlowRunner:
+        from diptych.models.qwen_image.flow import QwenImageFlowRunner
+
+        return QwenImageFlowRunner(self.model_dir, device)

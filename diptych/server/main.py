@@ -1,0 +1,42 @@
+"""``diptych serve``: settings → checkpoint → engine → app → uvicorn."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from diptych.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_model_dir(settings: Settings) -> Path:
+    """The checkpoint to serve: ``--model``, or the embedded default written on first start."""
+    if settings.model is not None:
+        if not settings.model.is_dir():
+            raise SystemExit(f"--model {settings.model}: no such directory")
+        return settings.model.resolve()
+    from diptych.models.default import default_checkpoint
+
+    return default_checkpoint(settings.cache_dir)
+
+
+def serve(overrides: dict[str, Any]) -> int:
+    settings = Settings(**overrides)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from diptych.engine.orchestrator import build_orchestrator
+    from diptych.models.registry import load_adapter
+    from diptych.server.app import create_app
+
+    model_dir = resolve_model_dir(settings)
+    served_name = settings.served_model_name or model_dir.name
+    adapter = load_adapter(model_dir)
+    engine = build_orchestrator(settings.engine_config(model_dir, served_name), adapter, log_level=settings.log_level)
+    app = create_app(engine, settings)
+    logger.info("serving %s (%s) on http://%s:%s", served_name, adapter.family, settings.host, settings.port)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                timeout_graceful_shutdown=30)
+    return 0

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from diptych.engine.protocol import EngineClient
+from diptych.server.errors import APIError
+from diptych.server.media import decode_image
+from diptych.server.routes.common import check_model
+from diptych.server.schemas.images import ImageEditOptions, ImageGenerationRequest
+from diptych.server.services.images import create_images, engine_request
+from diptych.settings import Settings
+
+_FILE_FIELDS = ("image", "image[]", "mask")
+
+
+def images_router(engine: EngineClient, settings: Settings, auth: object) -> APIRouter:
+    router = APIRouter(dependencies=[Depends(auth)])
+
+    @router.post("/v1/images/generations", response_model=None)
+    async def generations(body: ImageGenerationRequest) -> JSONResponse | StreamingResponse:
+        check_model(body.model, engine)
+        request = engine_request(body, engine)
+        return await create_images(body, request, engine, event_prefix="image_generation")
+
+    @router.post(
+        "/v1/images/edits",
+        response_model=None,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"multipart/form-data": {"schema": _edit_form_schema()}},
+            }
+        },
+    )
+    async def edits(request: Request) -> JSONResponse | StreamingResponse:
+        content_type = request.headers.get("content-type", "")
+        if not content_type.startswith("multipart/form-data"):
+            raise APIError(415, "images/edits takes multipart/form-data", code="unsupported_media_type")
+        async with request.form(max_files=settings.max_images_per_request + 1, max_fields=64) as form:
+            fields = {k: v for k, v in form.multi_items() if k not in _FILE_FIELDS}
+            for key, value in fields.items():
+                if isinstance(value, UploadFile):
+                    raise APIError(400, f"{key}: unexpected file field", param=key)
+            try:
+                options = ImageEditOptions.model_validate(fields)
+            except ValidationError as exc:
+                raise RequestValidationError(exc.errors()) from exc
+            check_model(options.model, engine)
+            uploads = [v for k, v in form.multi_items() if k in ("image", "image[]")]
+            if not uploads:
+                raise APIError(400, "image: at least one image file is required", param="image")
+            if any(not isinstance(u, UploadFile) for u in uploads):
+                raise APIError(400, "image: must be a file upload", param="image")
+            mask_upload = form.get("mask")
+            if mask_upload is not None and not isinstance(mask_upload, UploadFile):
+                raise APIError(400, "mask: must be a file upload", param="mask")
+            raw_images = [await u.read() for u in uploads]  # type: ignore[union-attr]
+            raw_mask = await mask_upload.read() if mask_upload is not None else None
+        sources = await asyncio.to_thread(
+            lambda: tuple(decode_image(b, param="image", max_pixels=settings.max_input_pixels) for b in raw_images)
+        )
+        mask = None
+        if raw_mask is not None:
+            mask = await asyncio.to_thread(decode_image, raw_mask, param="mask", max_pixels=settings.max_input_pixels)
+            if mask.size != sources[0].size:
+                raise APIError(400, f"mask: size {mask.size[0]}x{mask.size[1]} differs from the image's "
+                               f"{sources[0].size[0]}x{sources[0].size[1]}", param="mask")
+        engine_req = engine_request(options, engine, source_images=sources, mask=mask)
+        return await create_images(options, engine_req, engine, event_prefix="image_edit")
+
+    return router
+
+
+def _edit_form_schema() -> dict:
+    schema = ImageEditOptions.model_json_schema()
+    schema["properties"]["image"] = {"type": "string", "format": "binary"}
+    schema["properties"]["mask"] = {"type": "string", "format": "binary"}
+    schema["required"] = sorted({*schema.get("required", []), "image"})
+    return schema

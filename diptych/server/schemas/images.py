@@ -1,0 +1,67 @@
+"""OpenAI images schemas (generations, edits), with Diptych's documented extensions."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+OutputFormat = Literal["png", "jpeg", "webp"]
+
+
+class ImageOptions(BaseModel):
+    """Fields shared by generations and edits (edits arrive as multipart form fields)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, max_length=32000)
+    model: str | None = None
+    n: int = Field(default=1, ge=1)
+    size: str = Field(default="auto", description="WIDTHxHEIGHT, or auto for the model's default size.")
+    response_format: Literal["b64_json"] = Field(
+        default="b64_json", description="Only b64_json: the server hosts no image URLs."
+    )
+    output_format: OutputFormat = "png"
+    output_compression: int | None = Field(default=None, ge=0, le=100)
+    background: Literal["opaque", "auto"] | None = None
+    quality: Literal["low", "medium", "high", "auto", "standard", "hd"] | None = None
+    moderation: Literal["low", "auto"] | None = None
+    stream: bool = False
+    partial_images: int = Field(default=0, ge=0, le=3)
+    user: str | None = None
+    safety_identifier: str | None = None
+    # Extensions.
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    negative_prompt: str | None = Field(default=None, max_length=32000)
+    num_inference_steps: int | None = Field(default=None, ge=1)
+    guidance_scale: float | None = Field(default=None, ge=0.0, le=30.0)
+
+
+class ImageGenerationRequest(ImageOptions):
+    style: Literal["vivid", "natural"] | None = None
+
+
+class ImageEditOptions(ImageOptions):
+    input_fidelity: Literal["high", "low"] | None = None
+
+
+class ImageData(BaseModel):
+    b64_json: str
+    revised_prompt: str | None = None
+
+
+class ImageUsage(BaseModel):
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    input_tokens_details: dict[str, int]
+
+
+class ImagesResponse(BaseModel):
+    created: int
+    data: list[ImageData]
+    output_format: OutputFormat
+    size: str
+    quality: Literal["auto"] = "auto"
+    background: Literal["opaque"] = "opaque"
+    usage: ImageUsage | None = None

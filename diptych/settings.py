@@ -1,0 +1,98 @@
+"""The one settings object: built once from CLI flags and ``DIPTYCH_*`` environment variables.
+
+The HTTP side reads it directly; the engine side receives the plain frozen
+dataclasses that :meth:`Settings.limits` and :meth:`Settings.engine_config` derive
+from it, so that engine code never imports pydantic.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from diptych.engine.config import EngineConfig, Limits
+
+
+class Settings(BaseSettings):
+    """Server settings. Unknown ``DIPTYCH_*`` keys and bad values are errors, not ignored."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DIPTYCH_",
+        extra="forbid",
+        frozen=True,
+        env_ignore_empty=True,
+    )
+
+    model: Path | None = Field(
+        default=None,
+        description="Checkpoint directory. None serves the embedded default model.",
+    )
+    served_model_name: str | None = Field(
+        default=None, description="Name clients use in the `model` field; defaults to the directory name."
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    device: Literal["cpu", "cuda"] = "cpu"
+    api_keys: tuple[SecretStr, ...] = Field(
+        default=(), description="Bearer keys; when any is set every route but /health needs one."
+    )
+    cache_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".cache" / "diptych",
+        description="Where the default checkpoint and vLLM staging directories are written.",
+    )
+    max_input_pixels: int = Field(default=4096 * 4096, ge=64, description="Largest uploaded image, in pixels.")
+
+    # Limits: a request beyond any of them is a 4xx, never a crash.
+    max_image_side: int = Field(default=1024, ge=16)
+    max_n: int = Field(default=4, ge=1)
+    max_steps: int = Field(default=100, ge=1)
+    max_prompt_tokens: int = Field(default=512, ge=8)
+    max_output_tokens: int = Field(default=1024, ge=1)
+    max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    max_images_per_request: int = Field(default=4, ge=1)
+    queue_depth: int = Field(default=64, ge=1, description="Requests admitted but not finished, per engine.")
+    request_timeout_s: float = Field(default=300.0, gt=0, description="Per-request deadline (504 past it).")
+
+    # The AR engine (vLLM).
+    kv_cache_gib: float = Field(default=1.0, gt=0, description="KV-cache budget for vLLM on CPU.")
+    max_model_len: int = Field(default=4096, ge=256)
+    max_num_seqs: int = Field(default=16, ge=1)
+    ar_startup_timeout_s: float = Field(default=600.0, gt=0)
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        # An environment variable holds keys comma-separated.
+        if isinstance(value, str):
+            return tuple(k.strip() for k in value.split(",") if k.strip())
+        return value
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_image_side=self.max_image_side,
+            max_n=self.max_n,
+            max_steps=self.max_steps,
+            max_prompt_tokens=self.max_prompt_tokens,
+            max_output_tokens=self.max_output_tokens,
+            max_images_per_request=self.max_images_per_request,
+            queue_depth=self.queue_depth,
+            request_timeout_s=self.request_timeout_s,
+        )
+
+    def engine_config(self, model_dir: Path, served_name: str) -> EngineConfig:
+        return EngineConfig(
+            model_dir=model_dir,
+            served_name=served_name,
+            device=self.device,
+            cache_dir=self.cache_dir,
+            kv_cache_gib=self.kv_cache_gib,
+            max_model_len=self.max_model_len,
+            max_num_seqs=self.max_num_seqs,
+            ar_startup_timeout_s=self.ar_startup_timeout_s,
+            limits=self.limits(),
+        )
