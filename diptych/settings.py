@@ -7,11 +7,12 @@ from it, so that engine code never imports pydantic.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from diptych.engine.config import EngineConfig, Limits
 
@@ -36,7 +37,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     device: Literal["cpu", "cuda"] = "cpu"
-    api_keys: tuple[SecretStr, ...] = Field(
+    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
         default=(), description="Bearer keys; when any is set every route but /health needs one."
     )
     cache_dir: Path = Field(
@@ -71,6 +72,17 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(k.strip() for k in value.split(",") if k.strip())
         return value
+
+    def model_post_init(self, context: object) -> None:
+        # pydantic-settings ignores unknown prefixed variables; a typo there would silently
+        # leave a default in force, so it is an error here.
+        prefix = "DIPTYCH_"
+        unknown = sorted(
+            k for k in os.environ if k.upper().startswith(prefix) and k[len(prefix):].lower() not in type(self).model_fields
+        )
+        if unknown:
+            known = ", ".join(prefix + name.upper() for name in type(self).model_fields)
+            raise ValueError(f"unknown environment variable(s) {', '.join(unknown)}; known: {known}")
 
     def limits(self) -> Limits:
         return Limits(

@@ -126,13 +126,7 @@ class Orchestrator:
         with self._chat_gate.admit():
             deadline = asyncio.get_running_loop().time() + limits.request_timeout_s
             prompt = await asyncio.to_thread(self._adapter.render_chat, request.messages)
-            prompt_tokens = await asyncio.to_thread(self._adapter.count_prompt_tokens, prompt.text)
-            if prompt_tokens > limits.max_prompt_tokens:
-                raise InvalidRequestError(
-                    f"the prompt has {prompt_tokens} tokens, over the limit of {limits.max_prompt_tokens}",
-                    param="messages",
-                    code="context_length_exceeded",
-                )
+            await self._check_prompt_length(prompt.text, "messages")
             stream = self._ar.generate(prompt, request.sampling, request.request_id)
             # aclosing: when our consumer closes us, the engine stream is closed (aborted) now, not at GC.
             async with aclosing(_until(stream, deadline)) as events:
@@ -144,11 +138,22 @@ class Orchestrator:
     async def images(self, request: ImageRequest) -> AsyncIterator[ImageEvent]:
         self._check_image_request(request)
         assert self._flow is not None  # _check_image_request guarantees it
+        for param, text in (("prompt", request.prompt), ("negative_prompt", request.negative_prompt)):
+            if text:
+                await self._check_prompt_length(text, param)
         with self._image_gate.admit():
             deadline = asyncio.get_running_loop().time() + self._config.limits.request_timeout_s
             async with aclosing(_until(self._flow.run(request), deadline)) as events:
                 async for event in events:
                     yield event
+
+    async def _check_prompt_length(self, text: str, param: str) -> None:
+        limit = self._config.limits.max_prompt_tokens
+        tokens = await asyncio.to_thread(self._adapter.count_prompt_tokens, text)
+        if tokens > limit:
+            raise InvalidRequestError(
+                f"{param} has {tokens} tokens, over the limit of {limit}", param=param, code="context_length_exceeded"
+            )
 
     def _check_image_request(self, request: ImageRequest) -> None:
         caps = self._card.capabilities

@@ -22,6 +22,9 @@ class StubAdapter:
     def __init__(self, edit: bool) -> None:
         self.edit = edit
 
+    def count_prompt_tokens(self, text: str) -> int:
+        return len(text.split())
+
     def capabilities(self) -> Capabilities:
         return Capabilities(understand=False, generate=True, edit=self.edit, min_side=32, max_side=512,
                             size_multiple=16)
@@ -87,6 +90,8 @@ async def test_generate_runs_to_completion() -> None:
         ({"height": 512}, "size"),  # above the server's max_image_side (256) though the model allows 512
         ({"n": 3}, "n"),
         ({"num_inference_steps": 11}, "num_inference_steps"),
+        ({"prompt": "word " * 65}, "prompt"),
+        ({"negative_prompt": "word " * 65}, "negative_prompt"),
     ],
 )
 async def test_out_of_range_requests_are_refused_before_compute(overrides: dict, param: str) -> None:

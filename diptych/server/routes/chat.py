@@ -1,9 +1,10 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from diptych.engine.protocol import EngineClient
+from diptych.server.disconnect import cancel_on_disconnect
 from diptych.server.routes.common import check_model
 from diptych.server.schemas.chat import ChatCompletionRequest
 from diptych.server.services.chat import create_chat_completion
@@ -14,8 +15,8 @@ def chat_router(engine: EngineClient, settings: Settings, auth: object) -> APIRo
     router = APIRouter(dependencies=[Depends(auth)])
 
     @router.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(body: ChatCompletionRequest) -> JSONResponse | StreamingResponse:
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
         check_model(body.model, engine)
-        return await create_chat_completion(body, engine, settings)
+        return await cancel_on_disconnect(request, create_chat_completion(body, engine, settings))
 
     return router

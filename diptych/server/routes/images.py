@@ -11,6 +11,7 @@ from starlette.datastructures import UploadFile
 from diptych.engine.protocol import EngineClient
 from diptych.server.errors import APIError
 from diptych.server.media import decode_image
+from diptych.server.disconnect import cancel_on_disconnect
 from diptych.server.routes.common import check_model
 from diptych.server.schemas.images import ImageEditOptions, ImageGenerationRequest
 from diptych.server.services.images import create_images, engine_request
@@ -23,10 +24,12 @@ def images_router(engine: EngineClient, settings: Settings, auth: object) -> API
     router = APIRouter(dependencies=[Depends(auth)])
 
     @router.post("/v1/images/generations", response_model=None)
-    async def generations(body: ImageGenerationRequest) -> JSONResponse | StreamingResponse:
+    async def generations(body: ImageGenerationRequest, request: Request) -> JSONResponse | StreamingResponse:
         check_model(body.model, engine)
-        request = engine_request(body, engine)
-        return await create_images(body, request, engine, event_prefix="image_generation")
+        engine_req = engine_request(body, engine)
+        return await cancel_on_disconnect(
+            request, create_images(body, engine_req, engine, event_prefix="image_generation")
+        )
 
     @router.post(
         "/v1/images/edits",
@@ -72,7 +75,9 @@ def images_router(engine: EngineClient, settings: Settings, auth: object) -> API
                 raise APIError(400, f"mask: size {mask.size[0]}x{mask.size[1]} differs from the image's "
                                f"{sources[0].size[0]}x{sources[0].size[1]}", param="mask")
         engine_req = engine_request(options, engine, source_images=sources, mask=mask)
-        return await create_images(options, engine_req, engine, event_prefix="image_edit")
+        return await cancel_on_disconnect(
+            request, create_images(options, engine_req, engine, event_prefix="image_edit")
+        )
 
     return router
 
