@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     max_image_side: int = Field(default=1024, ge=16)
     max_n: int = Field(default=4, ge=1)
     max_steps: int = Field(default=100, ge=1)
-    max_prompt_tokens: int = Field(default=512, ge=8)
+    max_prompt_tokens: int = Field(default=2048, ge=8, description="Prompt tokens, images counted at their size.")
     max_output_tokens: int = Field(default=1024, ge=1)
     max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     max_images_per_request: int = Field(default=4, ge=1)

@@ -29,6 +29,7 @@ from diptych.engine.flow_messages import (
     WorkerStats,
 )
 from diptych.engine.flow_worker import worker_main
+from diptych.engine.protocol import HealthState
 from diptych.engine.types import ImageEvent, ImageRequest, ImagesFinished
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class FlowClient:
         self._reader: threading.Thread | None = None
         self._streams: dict[str, asyncio.Queue[_Item]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._state = "starting"
+        self._state: HealthState = "starting"
         self._stopping = False
         self.active_requests = 0
         self.active_images = 0
@@ -55,7 +56,7 @@ class FlowClient:
         self.restarts = 0
 
     @property
-    def state(self) -> str:
+    def health_state(self) -> HealthState:
         return self._state
 
     async def start(self) -> None:

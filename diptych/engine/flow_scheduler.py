@@ -51,7 +51,7 @@ class Job:
 
 
 class FlowScheduler:
-    def __init__(self, runner: FlowRunner, emit: Callable[[Outbound], None]) -> None:
+    def __init__(self, runner: FlowRunner[Any], emit: Callable[[Outbound], None]) -> None:
         self._runner = runner
         self._emit = emit
         self._waiting: dict[str, ImageRequest] = {}
@@ -136,7 +136,8 @@ class FlowScheduler:
             if job.steps_done >= job.total_steps:
                 images = self._runner.decode(job.states)
                 del self._jobs[request_id]
-                self._emit(JobEvent(request_id, ImagesFinished(tuple(images))))
+                prompt_tokens = job.states[0].prompt_tokens if job.states else 0
+                self._emit(JobEvent(request_id, ImagesFinished(tuple(images), prompt_tokens=prompt_tokens)))
         except Exception as exc:
             logger.exception("step failed for %s", request_id)
             self._jobs.pop(request_id, None)

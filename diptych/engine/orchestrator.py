@@ -23,7 +23,7 @@ from diptych.engine.errors import (
 from diptych.engine.flow_client import FlowClient
 from diptych.engine.protocol import EngineStats, Health, HealthState
 from diptych.engine.types import ChatEvent, ChatFinished, ChatRequest, ImageEvent, ImageRequest
-from diptych.models.base import FamilyAdapter, ModelCard
+from diptych.models.base import ChatPrompt, FamilyAdapter, ModelCard
 
 if TYPE_CHECKING:
     from diptych.engine.ar_engine import AREngine
@@ -62,10 +62,7 @@ class Orchestrator:
     async def start(self) -> None:
         starts = []
         if self._ar is not None:
-            ar_dir = await asyncio.to_thread(self._adapter.prepare_ar_model, self._config.cache_dir / "staging")
-            if ar_dir is None:
-                raise RuntimeError(f"{self._card.family} declares understanding but has no AR model")
-            starts.append(self._ar.start(ar_dir))
+            starts.append(self._ar.start())
         if self._flow is not None:
             starts.append(self._flow.start())
         await asyncio.gather(*starts)
@@ -78,9 +75,9 @@ class Orchestrator:
     def health(self) -> Health:
         components: dict[str, HealthState] = {}
         if self._ar is not None:
-            components["ar"] = self._ar.state  # type: ignore[assignment]
+            components["ar"] = self._ar.health_state
         if self._flow is not None:
-            components["flow"] = self._flow.state  # type: ignore[assignment]
+            components["flow"] = self._flow.health_state
         states = set(components.values())
         state: HealthState
         if self._stopping:
@@ -99,7 +96,7 @@ class Orchestrator:
         return EngineStats(
             in_flight={"chat": self._chat_gate.in_flight, "image": self._image_gate.in_flight},
             active_batch={
-                "ar": self._ar.num_running() if self._ar is not None else 0,
+                "ar": self._ar.scheduler_load.running if self._ar is not None else 0,
                 "flow": self._flow.active_images if self._flow is not None else 0,
             },
             generated_tokens_total=self._generated_tokens,
@@ -126,7 +123,7 @@ class Orchestrator:
         with self._chat_gate.admit():
             deadline = asyncio.get_running_loop().time() + limits.request_timeout_s
             prompt = await asyncio.to_thread(self._adapter.render_chat, request.messages)
-            await self._check_prompt_length(prompt.text, "messages")
+            await self._check_prompt_length(prompt, "messages")
             stream = self._ar.generate(prompt, request.sampling, request.request_id)
             # aclosing: when our consumer closes us, the engine stream is closed (aborted) now, not at GC.
             async with aclosing(_until(stream, deadline)) as events:
@@ -147,9 +144,9 @@ class Orchestrator:
                 async for event in events:
                     yield event
 
-    async def _check_prompt_length(self, text: str, param: str) -> None:
+    async def _check_prompt_length(self, prompt: ChatPrompt | str, param: str) -> None:
         limit = self._config.limits.max_prompt_tokens
-        tokens = await asyncio.to_thread(self._adapter.count_prompt_tokens, text)
+        tokens = await asyncio.to_thread(self._adapter.count_prompt_tokens, prompt)
         if tokens > limit:
             raise InvalidRequestError(
                 f"{param} has {tokens} tokens, over the limit of {limit}", param=param, code="context_length_exceeded"
@@ -198,7 +195,12 @@ def build_orchestrator(config: EngineConfig, adapter: FamilyAdapter, *, log_leve
     from diptych.engine.ar_engine import AREngine
 
     capabilities = adapter.capabilities()
-    ar = AREngine(config) if capabilities.understand else None
+    ar = None
+    if capabilities.understand:
+        ar_dir = adapter.prepare_ar_model(config.cache_dir / "staging")
+        if ar_dir is None:
+            raise ValueError(f"{adapter.family} declares understanding but has no AR model")
+        ar = AREngine(ar_dir, config)
     flow = FlowClient(config, log_level=log_level) if capabilities.generate or capabilities.edit else None
     return Orchestrator(config, adapter, ar=ar, flow=flow)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from diptych.engine.types import ChatMessage, ImageRequest
 
@@ -48,32 +48,36 @@ class ChatPrompt:
 
 
 class FlowState(Protocol):
-    """Per-request state of a denoising job; owned by the worker's scheduler, not the runner."""
+    """Per-image state of a denoising job; owned by the worker's scheduler, not the runner."""
 
     step_index: int
     num_steps: int
+    prompt_tokens: int
 
 
-class FlowRunner(Protocol):
+S = TypeVar("S", bound=FlowState)
+
+
+class FlowRunner(Protocol[S]):
     """The denoising stages of a family, run inside the flow worker process.
 
     A runner keeps no per-request state on ``self``: everything a request needs lives in
     the state object that :meth:`prepare` returns, so one runner serves overlapping requests.
     """
 
-    def prepare(self, request: ImageRequest) -> list[FlowState]:
+    def prepare(self, request: ImageRequest) -> list[S]:
         """Encode the prompt (and source images) and draw initial latents: one state per image."""
         ...
 
-    def step(self, states: list[FlowState]) -> None:
+    def step(self, states: list[S]) -> None:
         """Advance each state by one denoising step."""
         ...
 
-    def preview(self, state: FlowState) -> Any:
+    def preview(self, state: S) -> Any:
         """A PIL preview decoded from the state's predicted clean latent."""
         ...
 
-    def decode(self, states: list[FlowState]) -> list[Any]:
+    def decode(self, states: list[S]) -> list[Any]:
         """Decode finished states to PIL images."""
         ...
 
@@ -93,8 +97,10 @@ class FamilyAdapter(Protocol):
 
     def render_chat(self, messages: tuple[ChatMessage, ...]) -> ChatPrompt: ...
 
-    def count_prompt_tokens(self, text: str) -> int: ...
+    def count_prompt_tokens(self, prompt: ChatPrompt | str) -> int:
+        """Tokens the model sees: text, and each image at its expanded size."""
+        ...
 
-    def build_flow_runner(self, device: str) -> FlowRunner:
+    def build_flow_runner(self, device: str) -> FlowRunner[Any]:
         """Load the generation stages; called inside the flow worker process."""
         ...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,9 @@ def serve(overrides: dict[str, Any]) -> int:
     engine = build_orchestrator(settings.engine_config(model_dir, served_name), adapter, log_level=settings.log_level)
     app = create_app(engine, settings)
     logger.info("serving %s (%s) on http://%s:%s", served_name, adapter.family, settings.host, settings.port)
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal through the handler
+    # that was installed before it. A graceful stop is a success: exit 0, as orchestrators expect.
+    signal.signal(signal.SIGTERM, lambda *_: logger.info("stopped by SIGTERM after a graceful shutdown"))
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                 timeout_graceful_shutdown=30)
     return 0

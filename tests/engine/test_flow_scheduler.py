@@ -17,6 +17,7 @@ class CountingState:
     step_index: int
     num_steps: int
     seed: int
+    prompt_tokens: int = 4
 
 
 class CountingRunner:
@@ -77,6 +78,7 @@ def test_jobs_interleave_step_by_step_and_finish_with_their_own_images() -> None
     assert [e.step for e in a if isinstance(e, ImageProgress)] == [1, 2, 3]
     (done,) = [e for e in a if isinstance(e, ImagesFinished)]
     assert [img.getpixel((0, 0)) for img in done.images] == [3, 3]
+    assert done.prompt_tokens == 4
     assert isinstance(events_of(out, "b")[-1], ImagesFinished)
     # a's two images step together; b joined the first iteration beside a.
     assert runner.step_batches[:2] == [2, 1]

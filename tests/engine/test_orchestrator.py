@@ -33,7 +33,7 @@ class StubAdapter:
 class StubFlow:
     """Takes ``step_s`` per step for ``steps`` steps; records which requests were closed early."""
 
-    state = "ok"
+    health_state = "ok"
     active_images = 0
     steps_total = 0
 

@@ -29,6 +29,7 @@ class QwenImageAdapter:
         if missing:
             raise ValueError(f"{model_dir}/model_index.json lacks components {missing}")
         self.is_edit = self.pipeline_class in _EDIT_PIPELINES
+        self._staged: Path | None = None
 
     def capabilities(self) -> Capabilities:
         vae_config = json.loads((self.model_dir / "vae" / "config.json").read_text())
@@ -51,7 +52,8 @@ class QwenImageAdapter:
     def prepare_ar_model(self, staging_root: Path) -> Path:
         from diptych.models.qwen_image.vlm_staging import stage_for_vllm
 
-        return stage_for_vllm(self.model_dir, staging_root)
+        self._staged = stage_for_vllm(self.model_dir, staging_root)
+        return self._staged
 
     @cached_property
     def _processor(self) -> Any:
@@ -60,9 +62,10 @@ class QwenImageAdapter:
         compat.install()
         from transformers import AutoProcessor
 
-        source = self.model_dir / "processor"
-        if not source.is_dir():
-            source = self.model_dir / "tokenizer"
+        # The staged directory has a processor even for text-to-image checkpoints (which ship
+        # only a tokenizer): the one vLLM uses, so prompts are rendered and counted alike.
+        source = self._staged or (self.model_dir / "processor" if (self.model_dir / "processor").is_dir()
+                            else self.model_dir / "tokenizer")
         return AutoProcessor.from_pretrained(source)
 
     def render_chat(self, messages: tuple[ChatMessage, ...]) -> ChatPrompt:
@@ -70,12 +73,12 @@ class QwenImageAdapter:
 
         return render_chat(self._processor, messages)
 
-    def count_prompt_tokens(self, text: str) -> int:
+    def count_prompt_tokens(self, prompt: ChatPrompt | str) -> int:
         from diptych.models.qwen_image.chat import count_tokens
 
-        return count_tokens(self._processor, text)
+        return count_tokens(self._processor, prompt)
 
-    def build_flow_runner(self, device: str) -> FlowRunner:
+    def build_flow_runner(self, device: str) -> FlowRunner[Any]:
         from diptych.models.qwen_image.flow import QwenImageFlowRunner
 
         return QwenImageFlowRunner(self.model_dir, device)

@@ -1,0 +1,288 @@
+"""The AR engine: vLLM's ``AsyncLLM`` (v1) serving understanding requests.
+
+One ``AsyncLLM`` per process tree; its engine core runs in a process of its own. This
+wrapper builds it without blocking the event loop, turns Diptych's sampling options into
+vLLM's, streams text deltas, aborts a request whose stream is closed early, and maps
+vLLM's errors onto :mod:`diptych.engine.errors`. It never branches on a model family: the
+caller hands it a vLLM-loadable directory and prompts already rendered by the adapter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from diptych.engine.ar_stats import SchedulerLoad, scheduler_load_logger
+from diptych.engine.config import EngineConfig
+from diptych.engine.errors import EngineError, EngineUnavailableError, InvalidRequestError, QueueFullError
+from diptych.engine.protocol import HealthState
+from diptych.engine.types import ChatFinished, SamplingOptions, TextDelta
+from diptych.models.base import ChatPrompt
+
+if TYPE_CHECKING:
+    from vllm import SamplingParams
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+logger = logging.getLogger(__name__)
+
+_GIB = 1 << 30
+_PLUGIN_NAME = "diptych"  # our entry point in the vllm.general_plugins group
+
+
+@dataclass(frozen=True)
+class ARTextDelta(TextDelta):
+    """A :class:`TextDelta` that also carries the new token ids.
+
+    ``text`` may be empty: a token can complete no printable text yet (part of a UTF-8
+    sequence, held back for a stop string) or none at all (the end-of-turn token).
+    """
+
+    token_ids: tuple[int, ...] = ()
+
+
+class AREngine:
+    """Understanding requests on vLLM; ``start`` once, ``generate`` concurrently, ``shutdown`` once."""
+
+    def __init__(self, model_path: Path, config: EngineConfig, *, enforce_eager: bool = False) -> None:
+        """``model_path``: a directory vLLM loads (see the family adapter's ``prepare_ar_model``).
+
+        ``enforce_eager`` skips vLLM's torch.compile warm-up: a faster start, slower decoding.
+        """
+        self._model_path = Path(model_path)
+        self._config = config
+        self._enforce_eager = enforce_eager
+        self._llm: AsyncLLM | None = None
+        self._state: HealthState = "starting"
+        self._detail = ""
+        self._load = SchedulerLoad()
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Build the engine (about half a minute for a tiny model on CPU) off the event loop."""
+        if self._llm is not None:
+            return
+        self._state = "starting"
+        try:
+            box = await asyncio.wait_for(asyncio.to_thread(self._build), timeout=self._config.ar_startup_timeout_s)
+            # Emptied at once: modules vLLM imports lazily during the build keep their frames
+            # alive, hence the worker thread's frame and its return value. Through the box
+            # they keep nothing, so shutdown can really free the AsyncLLM (whose finaliser,
+            # left for interpreter exit, would fail there).
+            self._llm = box.pop()
+        except Exception as exc:
+            # A timed-out build keeps running in its thread; the engine stays down regardless.
+            self._state, self._detail = "down", f"AR engine failed to start: {exc!r}"
+            logger.exception("AR engine failed to start from %s", self._model_path)
+            raise EngineUnavailableError(self._detail, code="engine_start_failed") from exc
+        self._state, self._detail = "ok", ""
+        logger.info("AR engine ready: %s", self._model_path)
+
+    def _build(self) -> list[AsyncLLM]:
+        from diptych.compat import install
+
+        install()  # this process; vLLM's own processes get it through the plugin entry point
+        _allow_plugin()
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = AsyncEngineArgs(
+            model=str(self._model_path),
+            # The checkpoint's own dtype: on CPU "auto" would downcast float32 to bfloat16.
+            dtype=_checkpoint_dtype(self._model_path),
+            enforce_eager=self._enforce_eager,
+            served_model_name=self._config.served_name,
+            max_model_len=self._config.max_model_len,
+            max_num_seqs=self._config.max_num_seqs,
+            enable_prefix_caching=True,
+            # An explicit budget: on CPU, vLLM's default reserves 92 % of the NUMA node and
+            # fails; on a GPU the flow decoder shares the device.
+            kv_cache_memory_bytes=int(self._config.kv_cache_gib * _GIB),
+            limit_mm_per_prompt={"image": self._config.limits.max_images_per_request, "video": 0},
+            # Scheduler stats feed health and the abort check; request logging stays off.
+            disable_log_stats=False,
+            enable_log_requests=False,
+        )
+        return [AsyncLLM.from_engine_args(args, stat_loggers=[scheduler_load_logger(self._load)])]
+
+    async def shutdown(self) -> None:
+        """Stop the engine core process and release the KV cache."""
+        self._state = "stopping"
+        llm, self._llm = self._llm, None
+        if llm is None:
+            return
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        # Stop reading outputs first: otherwise the reader sees the core exit and logs it as a crash.
+        handler = llm.output_handler
+        if handler is not None:
+            handler.cancel()
+            await asyncio.gather(handler, return_exceptions=True)
+        # Streams still open would wait forever for outputs nobody reads now: fail them
+        # (they surface as EngineUnavailableError), as vLLM does when its core dies.
+        llm.output_processor.propagate_error(EngineDeadError())
+        await asyncio.to_thread(llm.shutdown)
+        logger.info("AR engine stopped")
+
+    # ----------------------------------------------------------------- health
+
+    @property
+    def health_state(self) -> HealthState:
+        if self._state == "ok" and self._llm is not None and self._llm.errored:
+            return "down"
+        return self._state
+
+    @property
+    def health_detail(self) -> str:
+        if self.health_state == "down" and not self._detail:
+            return "AR engine core died"
+        return self._detail
+
+    def is_healthy(self) -> bool:
+        return self.health_state == "ok"
+
+    def num_unfinished_requests(self) -> int:
+        """Requests this process still tracks (admitted, not finished or aborted)."""
+        return 0 if self._llm is None else self._llm.get_num_unfinished_requests()
+
+    @property
+    def scheduler_load(self) -> SchedulerLoad:
+        """The engine core's scheduler, as of its last reported step."""
+        return self._load
+
+    # ----------------------------------------------------------------- requests
+
+    async def generate(
+        self, prompt: ChatPrompt, sampling: SamplingOptions, request_id: str
+    ) -> AsyncIterator[TextDelta | ChatFinished]:
+        """Stream :class:`ARTextDelta` per engine step, then one :class:`ChatFinished` with token usage.
+
+        Closing the iterator early (or cancelling its consumer) aborts the request in
+        vLLM, so it stops taking scheduler steps.
+        """
+        llm = self._require_running()
+        params = _sampling_params(sampling)
+        engine_input = await _render(llm, prompt)
+        stream = llm.generate(engine_input, params, request_id)
+        prompt_tokens = completion_tokens = 0
+        try:
+            while True:
+                try:
+                    output = await stream.__anext__()
+                except StopAsyncIteration:
+                    raise EngineError(f"request {request_id} ended without finishing") from None
+                except Exception as exc:
+                    mapped = _map_error(exc)
+                    if mapped is exc:
+                        raise
+                    raise mapped from exc
+                if output.prompt_token_ids:
+                    prompt_tokens = len(output.prompt_token_ids)
+                completion = output.outputs[0]
+                completion_tokens += len(completion.token_ids)
+                if completion.token_ids or completion.text:
+                    yield ARTextDelta(
+                        text=completion.text,
+                        num_tokens=len(completion.token_ids),
+                        token_ids=tuple(completion.token_ids),
+                    )
+                if output.finished:
+                    yield ChatFinished(
+                        finish_reason=_finish_reason(completion.finish_reason, request_id),
+                        prompt_tokens=prompt_tokens,
+                        completion_tokens=completion_tokens,
+                    )
+                    return
+        finally:
+            # Unfinished (closed early, cancelled, failed): vLLM's generator aborts on close.
+            await stream.aclose()
+
+    def _require_running(self) -> AsyncLLM:
+        if self._llm is None or self.health_state != "ok":
+            raise EngineUnavailableError(f"AR engine is {self.health_state}", code="engine_unavailable")
+        return self._llm
+
+
+async def _render(llm: AsyncLLM, prompt: ChatPrompt) -> Any:
+    """Tokenise and run the multimodal processor (image → patches, placeholders expanded).
+
+    vLLM's renderer does this off the event loop; passing raw prompts to ``generate``
+    would do the same but is deprecated.
+    """
+    from vllm.renderers.inputs.preprocess import parse_model_prompt
+
+    inputs: dict[str, Any] = {"prompt": prompt.text}
+    if prompt.images:
+        inputs["multi_modal_data"] = {"image": list(prompt.images)}
+    try:
+        (engine_input,) = await llm.renderer.render_cmpl_async([parse_model_prompt(llm.model_config, inputs)])
+    except Exception as exc:
+        mapped = _map_error(exc)
+        if mapped is exc:
+            raise
+        raise mapped from exc
+    return engine_input
+
+
+def _sampling_params(sampling: SamplingOptions) -> SamplingParams:
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    return SamplingParams(
+        n=1,
+        max_tokens=sampling.max_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        top_k=sampling.top_k,  # 0 disables top-k in vLLM too
+        seed=sampling.seed,
+        stop=list(sampling.stop) or None,
+        output_kind=RequestOutputKind.DELTA,
+    )
+
+
+def _finish_reason(reason: str | None, request_id: str) -> Literal["stop", "length"]:
+    if reason == "stop" or reason == "length":
+        return reason
+    # "abort": something other than this stream ended it (shutdown, engine-side abort).
+    raise EngineUnavailableError(f"request {request_id} was aborted by the engine ({reason})", code="aborted")
+
+
+def _map_error(exc: Exception) -> Exception:
+    """vLLM's exceptions → Diptych's typed errors; anything else is returned unchanged."""
+    from vllm.exceptions import GracefulHTTPError, VLLMClientError
+    from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
+
+    if isinstance(exc, EngineDeadError):
+        return EngineUnavailableError("AR engine core died", code="engine_dead")
+    if isinstance(exc, GracefulHTTPError):
+        return QueueFullError(f"AR engine is full: {exc}")
+    if isinstance(exc, (VLLMClientError, ValueError, TypeError)):
+        # What the renderer rejects: a prompt over max_model_len, an unreadable image.
+        return InvalidRequestError(str(exc))
+    if isinstance(exc, EngineGenerateError):
+        cause = exc.__cause__
+        # vLLM wraps what input processing rejects (too long, bad image) in EngineGenerateError.
+        if isinstance(cause, (ValueError, TypeError)):
+            return InvalidRequestError(str(cause))
+        return EngineError(f"AR engine failed the request: {cause!r}")
+    return exc
+
+
+def _checkpoint_dtype(model_path: Path) -> str:
+    config = json.loads((model_path / "config.json").read_text())
+    dtype = config.get("dtype") or config.get("torch_dtype") or config.get("text_config", {}).get("dtype")
+    return str(dtype) if dtype else "auto"
+
+
+def _allow_plugin() -> None:
+    """Keep Diptych's plugin in an explicit ``VLLM_PLUGINS`` allow-list (children inherit it)."""
+    allowed = os.environ.get("VLLM_PLUGINS")
+    if allowed is not None and _PLUGIN_NAME not in allowed.split(","):
+        os.environ["VLLM_PLUGINS"] = ",".join(p for p in (allowed, _PLUGIN_NAME) if p)
+        logger.warning("VLLM_PLUGINS did not allow %r; added it (needed without torchvision)", _PLUGIN_NAME)

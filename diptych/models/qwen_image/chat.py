@@ -1,0 +1,61 @@
+"""Render a chat for Qwen2.5-VL as vLLM expects it, and count its prompt tokens.
+
+vLLM's Qwen2.5-VL takes the prompt text with one ``<|vision_start|><|image_pad|><|vision_end|>``
+per image and the PIL images in the same order; its multimodal processor expands each
+``<|image_pad|>`` into as many tokens as the image's merged patch grid.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from diptych.engine.types import ChatMessage, ImagePart, TextPart
+from diptych.models.base import ChatPrompt
+from diptych.models.qwen_image.chat_template import CHAT_TEMPLATE
+
+_IMAGE_PAD = "<|image_pad|>"
+
+
+def render_chat(processor_or_tokenizer: Any, messages: tuple[ChatMessage, ...]) -> ChatPrompt:
+    """The chat template applied to ``messages``, with the assistant header appended."""
+    if not messages:
+        raise ValueError("a chat needs at least one message")
+    conversation: list[dict[str, Any]] = []
+    images: list[Any] = []
+    for message in messages:
+        content: list[dict[str, str]] = []
+        for part in message.content:
+            if isinstance(part, TextPart):
+                content.append({"type": "text", "text": part.text})
+            elif isinstance(part, ImagePart):
+                content.append({"type": "image"})
+                images.append(part.image)
+            else:
+                raise TypeError(f"unknown content part {type(part).__name__}")
+        conversation.append({"role": message.role, "content": content})
+    # A checkpoint whose tokenizer has no template (Qwen-Image text-to-image) gets Qwen2.5-VL's.
+    template = None if getattr(processor_or_tokenizer, "chat_template", None) else CHAT_TEMPLATE
+    text = processor_or_tokenizer.apply_chat_template(
+        conversation, chat_template=template, add_generation_prompt=True, tokenize=False
+    )
+    if text.count(_IMAGE_PAD) != len(images):
+        raise ValueError(f"chat template placed {text.count(_IMAGE_PAD)} image placeholders for {len(images)} images")
+    return ChatPrompt(text=text, images=tuple(images))
+
+
+def count_tokens(processor_or_tokenizer: Any, prompt: ChatPrompt | str) -> int:
+    """Prompt tokens as the model sees them: text tokens, each image placeholder expanded.
+
+    Images are counted only when given a processor (it knows the patch grid); with a bare
+    tokenizer each image counts as its one placeholder token.
+    """
+    text, images = (prompt, ()) if isinstance(prompt, str) else (prompt.text, prompt.images)
+    tokenizer = getattr(processor_or_tokenizer, "tokenizer", processor_or_tokenizer)
+    count = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    image_processor = getattr(processor_or_tokenizer, "image_processor", None)
+    if image_processor is not None:
+        merge = image_processor.merge_size**2
+        for image in images:
+            patches = image_processor.get_number_of_image_patches(image.height, image.width, {})
+            count += patches // merge - 1  # the placeholder itself is already counted
+    return count

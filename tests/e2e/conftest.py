@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.server_process import ServerProcess, start_server
+
+
+@pytest.fixture(scope="session")
+def edit_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from diptych.models.qwen_image.tiny import write_tiny_qwen_image_edit
+
+    return write_tiny_qwen_image_edit(tmp_path_factory.mktemp("ckpt") / "tiny-edit", seed=0)
+
+
+@pytest.fixture(scope="session")
+def server(edit_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server on the tiny edit checkpoint for the whole session (vLLM start-up is ~35 s)."""
+    process = start_server(edit_checkpoint, tmp_path_factory.mktemp("server"), "--queue-depth", "16", "--max-steps", "1000")
+    yield process
+    code = process.stop()
+    assert code == 0, f"server exited with {code} on SIGTERM:\n{process.log()}"

@@ -1,0 +1,49 @@
+"""The family adapter: what it declares, and how it renders and counts chats for both checkpoint kinds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from diptych.engine.types import ChatMessage, ImagePart, TextPart
+from diptych.models.qwen_image.adapter import QwenImageAdapter
+from diptych.models.registry import architecture_of, load_adapter
+
+
+def test_registry_picks_the_adapter_by_pipeline_class(tiny_qwen_image_dir: Path, tiny_qwen_image_edit_dir: Path,
+                                                      tmp_path: Path) -> None:
+    assert architecture_of(tiny_qwen_image_dir) == "QwenImagePipeline"
+    assert isinstance(load_adapter(tiny_qwen_image_edit_dir), QwenImageAdapter)
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "NoSuchPipeline"}))
+    with pytest.raises(ValueError, match="NoSuchPipeline.*supported: "):
+        load_adapter(tmp_path)
+    with pytest.raises(ValueError, match="not a checkpoint directory"):
+        load_adapter(tmp_path / "missing")
+
+
+def test_capabilities(tiny_qwen_image_dir: Path, tiny_qwen_image_edit_dir: Path) -> None:
+    plain = QwenImageAdapter(tiny_qwen_image_dir).capabilities()
+    edit = QwenImageAdapter(tiny_qwen_image_edit_dir).capabilities()
+    assert plain.names() == ("understand", "generate")
+    assert edit.names() == ("understand", "generate", "edit")
+    assert plain.size_multiple == edit.size_multiple == 16
+
+
+@pytest.mark.parametrize("which", ["plain", "edit"])
+def test_chat_rendering_and_counting_with_images(
+    which: str, tiny_qwen_image_dir: Path, tiny_qwen_image_edit_dir: Path, tmp_path: Path
+) -> None:
+    adapter = QwenImageAdapter(tiny_qwen_image_dir if which == "plain" else tiny_qwen_image_edit_dir)
+    adapter.prepare_ar_model(tmp_path / "staging")  # the plain checkpoint gets its image processor here
+    small, large = Image.new("RGB", (56, 56)), Image.new("RGB", (112, 112))
+    messages = (ChatMessage("user", (ImagePart(small), TextPart("what is this?"))),)
+    prompt = adapter.render_chat(messages)
+    assert prompt.text.count("<|image_pad|>") == 1 and prompt.images == (small,)
+    text_only = adapter.count_prompt_tokens(prompt.text)
+    with_small = adapter.count_prompt_tokens(prompt)
+    with_large = adapter.count_prompt_tokens(adapter.render_chat((ChatMessage("user", (ImagePart(large),
+                                                                                  TextPart("what is this?"))),)))
+    assert text_only < with_small < with_large  # images count at their expanded size
