@@ -2,35 +2,17 @@
 
 from __future__ import annotations
 
-import re
 import time
 
 import httpx
 import pytest
 
+from tests.e2e.probes import metric, wait_until
 from tests.e2e.server_process import ServerProcess
 
 MODEL = "tiny-edit"
 # Long enough (tens of seconds on CPU) that it is surely still running when the client leaves.
 LONG_IMAGE = {"model": MODEL, "prompt": "a long job", "size": "256x256", "n": 2, "num_inference_steps": 900, "seed": 1}
-
-
-def metric(server: ServerProcess, name: str, **labels: str) -> float:
-    text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
-    selector = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = rf"^{re.escape(name)}{re.escape('{' + selector + '}') if selector else ''} (\S+)$"
-    match = re.search(pattern, text, re.M)
-    assert match, f"{name}{{{selector}}} not in /metrics"
-    return float(match.group(1))
-
-
-def wait_until(condition, timeout_s: float, what: str) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def flow_busy(server: ServerProcess) -> bool:
