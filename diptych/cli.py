@@ -1,7 +1,8 @@
 """The ``diptych`` command: serve, make-tiny, bench.
 
-Subcommands import their modules lazily so that ``diptych --help`` stays fast.
-Each bench module exposes ``add_arguments(parser)`` and ``run(args) -> int``.
+Subcommands import their modules lazily so that ``diptych --help`` stays fast: a bench
+module is imported only when it runs. Each exposes ``add_arguments(parser)`` and
+``run(args) -> int``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import sys
 from collections.abc import Sequence
 
 # Bench name → module; each module exposes add_arguments(parser) and run(args) -> int.
-BENCHES: dict[str, str] = {}
+BENCHES: dict[str, str] = {
+    # one line per bench, sorted by name
+}
 
 # make-tiny FAMILY → "module:function(out_dir: Path, seed: int) -> Path".
 TINY_FACTORIES: dict[str, str] = {
@@ -44,7 +47,10 @@ def _make_tiny(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    return int(_load(BENCHES[args.bench]).run(args))
+    module = _load(BENCHES[args.bench])
+    parser = argparse.ArgumentParser(prog=f"diptych bench {args.bench}", description=module.__doc__)
+    module.add_arguments(parser)
+    return int(module.run(parser.parse_args(args.bench_args)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,11 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.set_defaults(func=_make_tiny)
 
     bench = sub.add_parser("bench", help="benchmarks (ratios measured side by side in one run)")
-    bench_sub = bench.add_subparsers(dest="bench", required=True)
-    for name, module in BENCHES.items():
-        bench_parser = bench_sub.add_parser(name)
-        bench_parser.set_defaults(func=_bench, _bench_module=module)
-        _load(module).add_arguments(bench_parser)
+    bench.add_argument("bench", choices=sorted(BENCHES), help="which benchmark; its own --help lists its options")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=_bench)
     return parser
 
 

