@@ -56,6 +56,20 @@ class Settings(BaseSettings):
     max_images_per_request: int = Field(default=4, ge=1)
     queue_depth: int = Field(default=64, ge=1, description="Requests admitted but not finished, per engine.")
     request_timeout_s: float = Field(default=300.0, gt=0, description="Per-request deadline (504 past it).")
+    shutdown_timeout_s: float = Field(
+        default=30.0, ge=0, description="On SIGTERM, how long requests in flight may take to finish (then 503)."
+    )
+
+    # Remote image URLs in chat requests. Off unless hosts are listed: fetching a URL that a
+    # client names is a server-side request forgery risk.
+    remote_image_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Hosts image URLs may name (exact, or '*.example.com' for subdomains; IP literals allowed). "
+        "Empty: remote image URLs are refused.",
+    )
+    remote_image_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, description="Largest remote image.")
+    remote_image_timeout_s: float = Field(default=10.0, gt=0, description="Time for one image, redirects included.")
+    remote_image_max_redirects: int = Field(default=3, ge=0, le=10)
 
     # The AR engine (vLLM).
     kv_cache_gib: float = Field(default=1.0, gt=0, description="KV-cache budget for vLLM on CPU.")
@@ -72,6 +86,27 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(k.strip() for k in value.split(",") if k.strip())
         return value
+
+    @field_validator("remote_image_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, (list, tuple)):
+            return tuple(str(h).strip().lower().strip("[]") for h in value if str(h).strip())
+        return value
+
+    @field_validator("remote_image_hosts")
+    @classmethod
+    def _check_hosts(cls, hosts: tuple[str, ...]) -> tuple[str, ...]:
+        for host in hosts:
+            bare = host[2:] if host.startswith("*.") else host
+            # A scheme, path, port or wildcard elsewhere would never match a host and most
+            # likely means the allowlist is not what its author thinks.
+            if not bare or any(c in bare for c in "/@?#* ") or (bare.count(":") == 1):
+                raise ValueError(f"remote_image_hosts entry {host!r} is not a host name or IP address "
+                                 "(write 'images.example.com', '*.example.com' or '203.0.113.7', without scheme or port)")
+        return hosts
 
     def model_post_init(self, context: object) -> None:
         # pydantic-settings ignores unknown prefixed variables; a typo there would silently

@@ -21,6 +21,7 @@ from diptych.engine.errors import (
     InvalidRequestError,
     QueueFullError,
 )
+from diptych.server.validation import validation_error
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,11 @@ _TYPE_BY_STATUS = {
     503: "service_unavailable_error",
     504: "timeout_error",
 }
+
+
+# Codes for the errors Starlette and FastAPI raise themselves: unknown route, wrong method,
+# and a body they could not parse (nesting too deep for the JSON parser, a broken multipart).
+_HTTP_CODES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}
 
 
 class APIError(Exception):
@@ -100,22 +106,6 @@ def api_error_from(exc: EngineError) -> APIError:
     return APIError(status, message, param=exc.param, code=exc.code, headers=headers)
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    errors = exc.errors()
-    if not errors:
-        return "invalid request", None
-    first = errors[0]
-    # loc is ("body", "field", ...) for bodies; drop the leading location kind.
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
-    param = ".".join(loc) or None
-    message = str(first.get("msg", "invalid value"))
-    if param:
-        message = f"{param}: {message}"
-    if len(errors) > 1:
-        message += f" (and {len(errors) - 1} more error(s))"
-    return message, param
-
-
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -130,8 +120,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = _validation_message(exc)
-        return error_response(400, message, param=param, code="invalid_value")
+        message, param, code = validation_error(exc)
+        return error_response(400, message, param=param, code=code)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -140,7 +130,8 @@ def install_error_handlers(app: FastAPI) -> None:
         except ValueError:
             reason = "error"
         message = exc.detail if isinstance(exc.detail, str) else reason
-        return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
+        return error_response(exc.status_code, message, code=_HTTP_CODES.get(exc.status_code),
+                              headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

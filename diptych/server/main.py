@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 
+from diptych.server.shutdown import Drain, DrainingServer
 from diptych.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -36,11 +38,19 @@ def serve(overrides: dict[str, Any]) -> int:
     served_name = settings.served_model_name or model_dir.name
     adapter = load_adapter(model_dir)
     engine = build_orchestrator(settings.engine_config(model_dir, served_name), adapter, log_level=settings.log_level)
-    app = create_app(engine, settings)
+    drain = Drain()
+    app = create_app(engine, settings, drain=drain)
     logger.info("serving %s (%s) on http://%s:%s", served_name, adapter.family, settings.host, settings.port)
-    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal through the handler
-    # that was installed before it. A graceful stop is a success: exit 0, as orchestrators expect.
-    signal.signal(signal.SIGTERM, lambda *_: logger.info("stopped by SIGTERM after a graceful shutdown"))
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=30)
+    run_app(app, settings, drain)
     return 0
+
+
+def run_app(app: FastAPI, settings: Settings, drain: Drain) -> None:
+    """Serve ``app`` until SIGTERM or SIGINT, then drain (see shutdown.py) and stop."""
+    # uvicorn re-raises the stopping signal once it has shut down, through the handler that was
+    # installed before it. A graceful stop is a success: exit 0, as orchestrators expect.
+    signal.signal(signal.SIGTERM, lambda *_: logger.info("stopped by SIGTERM after a graceful shutdown"))
+    # The drain has already waited for requests in flight; uvicorn's own wait is only a backstop.
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                            timeout_graceful_shutdown=10)
+    DrainingServer(config, drain, settings.shutdown_timeout_s).run()

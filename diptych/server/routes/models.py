@@ -2,16 +2,17 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
 from diptych.engine.protocol import EngineClient
 from diptych.server.routes.common import check_model
+from diptych.server.schemas.errors import error_responses
 from diptych.server.schemas.models import ModelCapabilities, ModelInfo, ModelList
 from diptych.settings import Settings
 
 
-def models_router(engine: EngineClient, settings: Settings, auth: object) -> APIRouter:
-    router = APIRouter(dependencies=[Depends(auth)])
+def models_router(engine: EngineClient, settings: Settings) -> APIRouter:
+    router = APIRouter()
     created = int(time.time())
 
     def info() -> ModelInfo:
@@ -40,11 +41,11 @@ def models_router(engine: EngineClient, settings: Settings, auth: object) -> API
             ),
         )
 
-    @router.get("/v1/models")
+    @router.get("/v1/models", responses=error_responses())
     async def list_models() -> ModelList:
         return ModelList(data=[info()])
 
-    @router.get("/v1/models/{model_id:path}")
+    @router.get("/v1/models/{model_id:path}", responses=error_responses(404))
     async def get_model(model_id: str) -> ModelInfo:
         check_model(model_id, engine)
         return info()

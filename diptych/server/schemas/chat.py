@@ -8,8 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Strict(BaseModel):
-    # Unknown fields are refused with a 400 that names them, rather than silently ignored.
-    model_config = ConfigDict(extra="forbid")
+    # Unknown fields are refused with a 400 that names them, rather than silently ignored; and
+    # values must have the JSON type the schema publishes (no true for a number, no "8" for 8).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class TextContent(_Strict):

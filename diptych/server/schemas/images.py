@@ -17,7 +17,8 @@ class ImageOptions(BaseModel):
     prompt: str = Field(min_length=1, max_length=32000)
     model: str | None = None
     n: int = Field(default=1, ge=1)
-    size: str = Field(default="auto", description="WIDTHxHEIGHT, or auto for the model's default size.")
+    size: str = Field(default="auto", pattern=r"^(auto|[0-9]{1,6}[xX][0-9]{1,6})$",
+                      description="WIDTHxHEIGHT, or auto for the model's default size.")
     response_format: Literal["b64_json"] = Field(
         default="b64_json", description="Only b64_json: the server hosts no image URLs."
     )
@@ -38,6 +39,10 @@ class ImageOptions(BaseModel):
 
 
 class ImageGenerationRequest(ImageOptions):
+    # A JSON body: values must have the type the schema publishes (no false for a number).
+    # Edits stay lax: their fields arrive as multipart strings.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
     style: Literal["vivid", "natural"] | None = None
 
 

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 from fastapi.responses import JSONResponse, StreamingResponse
+from PIL import Image
 
 from diptych.engine.protocol import EngineClient
 from diptych.engine.types import (
@@ -20,7 +21,8 @@ from diptych.engine.types import (
     TextPart,
 )
 from diptych.server.errors import APIError
-from diptych.server.media import decode_image_url
+from diptych.server.media import decode_image, decode_image_url, is_remote_url
+from diptych.server.remote_images import RemoteImageFetcher
 from diptych.server.schemas.chat import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -36,7 +38,49 @@ from diptych.server.sse import sse_data, sse_response
 from diptych.settings import Settings
 
 
-def _to_engine_messages(body: ChatCompletionRequest, settings: Settings) -> tuple[ChatMessage, ...]:
+ImageKey = tuple[int, int]  # (message index, content-part index)
+
+
+def _image_urls(body: ChatCompletionRequest, settings: Settings) -> dict[ImageKey, str]:
+    """The image URLs of a request, checked for where they may appear and how many there are.
+
+    Runs before any image is fetched or decoded, so a refused request costs neither.
+    """
+    urls: dict[ImageKey, str] = {}
+    for i, message in enumerate(body.messages):
+        if not isinstance(message.content, list):
+            continue
+        for j, part in enumerate(message.content):
+            if isinstance(part, TextContent):
+                continue
+            if message.role != "user":
+                raise APIError(400, f"messages[{i}]: only user messages may carry images",
+                               param=f"messages.{i}.content.{j}")
+            urls[(i, j)] = part.image_url.url
+    if len(urls) > settings.max_images_per_request:
+        raise APIError(400, f"{len(urls)} images in one request exceed the limit of "
+                       f"{settings.max_images_per_request}", param="messages")
+    return urls
+
+
+async def _load_images(
+    urls: dict[ImageKey, str], settings: Settings, fetcher: RemoteImageFetcher
+) -> dict[ImageKey, Image.Image]:
+    # One image at a time: peak memory stays at one decode, whatever the request holds.
+    images: dict[ImageKey, Image.Image] = {}
+    for (i, j), url in urls.items():
+        param = f"messages.{i}.content.{j}.image_url"
+        if is_remote_url(url):
+            data = await fetcher.fetch(url, param=param)
+            images[(i, j)] = await asyncio.to_thread(
+                decode_image, data, param=param, max_pixels=settings.max_input_pixels)
+        else:
+            images[(i, j)] = await asyncio.to_thread(
+                decode_image_url, url, param=param, max_pixels=settings.max_input_pixels)
+    return images
+
+
+def _to_engine_messages(body: ChatCompletionRequest, images: dict[ImageKey, Image.Image]) -> tuple[ChatMessage, ...]:
     messages: list[ChatMessage] = []
     for i, message in enumerate(body.messages):
         role = "system" if message.role == "developer" else message.role
@@ -45,20 +89,8 @@ def _to_engine_messages(body: ChatCompletionRequest, settings: Settings) -> tupl
             parts.append(TextPart(message.content))
         elif message.content is not None:
             for j, part in enumerate(message.content):
-                if isinstance(part, TextContent):
-                    parts.append(TextPart(part.text))
-                else:
-                    if role != "user":
-                        raise APIError(400, f"messages[{i}]: only user messages may carry images",
-                                       param=f"messages.{i}.content.{j}")
-                    parts.append(ImagePart(decode_image_url(
-                        part.image_url.url,
-                        param=f"messages.{i}.content.{j}.image_url",
-                        max_pixels=settings.max_input_pixels,
-                    )))
+                parts.append(TextPart(part.text) if isinstance(part, TextContent) else ImagePart(images[(i, j)]))
         messages.append(ChatMessage(role=role, content=tuple(parts)))  # type: ignore[arg-type]
-    if messages[-1].role == "assistant":
-        raise APIError(400, "the last message must not be from the assistant", param="messages")
     return tuple(messages)
 
 
@@ -78,11 +110,15 @@ def _sampling(body: ChatCompletionRequest, settings: Settings) -> SamplingOption
 
 
 async def create_chat_completion(
-    body: ChatCompletionRequest, engine: EngineClient, settings: Settings
+    body: ChatCompletionRequest, engine: EngineClient, settings: Settings, fetcher: RemoteImageFetcher
 ) -> JSONResponse | StreamingResponse:
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
-    messages = await asyncio.to_thread(_to_engine_messages, body, settings)
-    request = ChatRequest(request_id=request_id, messages=messages, sampling=_sampling(body, settings))
+    if body.messages[-1].role == "assistant":
+        raise APIError(400, "the last message must not be from the assistant", param="messages")
+    sampling = _sampling(body, settings)
+    urls = _image_urls(body, settings)
+    messages = _to_engine_messages(body, await _load_images(urls, settings, fetcher))
+    request = ChatRequest(request_id=request_id, messages=messages, sampling=sampling)
     created = int(time.time())
     events = engine.chat(request)
     # Pull the first event before answering, so refusals (429, 400, 504) keep their status.
