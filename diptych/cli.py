@@ -15,6 +15,7 @@ from collections.abc import Sequence
 # Bench name → module; each module exposes add_arguments(parser) and run(args) -> int.
 BENCHES: dict[str, str] = {
     # one line per bench, sorted by name
+    "flow": "diptych.bench.flow",
 }
 
 # make-tiny FAMILY → "module:function(out_dir: Path, seed: int) -> Path".

@@ -6,14 +6,20 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from diptych.engine.flow_budget import default_budget
 from diptych.engine.flow_messages import Fatal, Ready
 from diptych.engine.flow_scheduler import FlowScheduler
 
 logger = logging.getLogger(__name__)
 
+# What ps/top show for this process (the kernel keeps 15 characters), so operators and
+# the flow benchmark can tell it from the gateway and vLLM's processes.
+PROCESS_NAME = "diptych-flow"
+
 
 def worker_main(model_dir: str, device: str, inbox: Any, outbox: Any, log_level: str = "INFO") -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s flow-worker %(levelname)s %(message)s")
+    _name_process(PROCESS_NAME)
     try:
         from diptych.models.registry import load_adapter
 
@@ -22,6 +28,16 @@ def worker_main(model_dir: str, device: str, inbox: Any, outbox: Any, log_level:
         logger.exception("flow worker failed to load %s", model_dir)
         outbox.put(Fatal(f"{type(exc).__name__}: {exc}"))
         return
+    budget = default_budget(device)  # after loading: the weights are not free memory
+    logger.info("flow worker budget: %s", budget)
     outbox.put(Ready())
-    FlowScheduler(runner, outbox.put).run(inbox)
+    FlowScheduler(runner, outbox.put, budget).run(inbox)
     logger.info("flow worker stopped")
+
+
+def _name_process(name: str) -> None:
+    try:
+        with open("/proc/self/comm", "w") as comm:  # Linux: the main thread's name is the process name
+            comm.write(name[:15])
+    except OSError:
+        logger.debug("cannot set the process name on this platform")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -58,27 +59,57 @@ class FlowState(Protocol):
 S = TypeVar("S", bound=FlowState)
 
 
+@dataclass(frozen=True)
+class FlowCost:
+    """What an active request takes from the flow worker's running batch, for admission by budget.
+
+    ``tokens``: sequence tokens one denoising step puts through the denoiser for the request
+    (all its images and guidance branches). ``memory_bytes``: an estimate of the working
+    memory it holds while active (its state and its share of a step's activations).
+    """
+
+    tokens: int
+    memory_bytes: int
+
+    def __add__(self, other: FlowCost) -> FlowCost:
+        return FlowCost(self.tokens + other.tokens, self.memory_bytes + other.memory_bytes)
+
+
 class FlowRunner(Protocol[S]):
     """The denoising stages of a family, run inside the flow worker process.
 
     A runner keeps no per-request state on ``self``: everything a request needs lives in
-    the state object that :meth:`prepare` returns, so one runner serves overlapping requests.
+    the state objects that :meth:`prepare` returns, so one runner serves overlapping
+    requests, and every method takes the states of many requests at once so that it can
+    batch them. A request's results must not depend on what it is batched with (its noise
+    comes from its own seeded generator).
     """
 
-    def prepare(self, request: ImageRequest) -> list[S]:
-        """Encode the prompt (and source images) and draw initial latents: one state per image."""
+    def check(self, request: ImageRequest) -> FlowCost:
+        """Refuse a request that can never run (``ValueError``); otherwise price it. Cheap: no model call."""
+        ...
+
+    def prepare(self, requests: Sequence[ImageRequest]) -> list[list[S]]:
+        """Encode the prompts of all ``requests`` together and draw initial latents.
+
+        Returns one list of states (one per image) per request, in order.
+        """
         ...
 
     def step(self, states: list[S]) -> None:
-        """Advance each state by one denoising step."""
+        """Advance every state by one denoising step.
+
+        All or nothing: if it raises, no state has changed (the scheduler then retries
+        request by request to find the one at fault).
+        """
         ...
 
-    def preview(self, state: S) -> Any:
-        """A PIL preview decoded from the state's predicted clean latent."""
+    def preview(self, states: list[S]) -> list[Any]:
+        """PIL previews decoded from each state's predicted clean latent, in order."""
         ...
 
     def decode(self, states: list[S]) -> list[Any]:
-        """Decode finished states to PIL images."""
+        """Decode finished states to PIL images, in order."""
         ...
 
 

@@ -107,6 +107,22 @@ def test_generate_streams_partial_images_to_the_sdk(client: openai.OpenAI) -> No
     assert [e.partial_image_index for e in events[:2]] == [0, 1]  # type: ignore[union-attr]
 
 
+def test_edit_streams_partial_images_to_the_sdk(client: openai.OpenAI) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (48, 48), (200, 120, 0)).save(buffer, format="PNG")
+    stream = client.images.edit(
+        model=MODEL, image=("source.png", buffer.getvalue(), "image/png"), prompt="make it blue", size="32x32",
+        stream=True, partial_images=2, extra_body={"num_inference_steps": 6, "seed": 2},
+    )
+    events = list(stream)
+    assert [e.type for e in events] == ["image_edit.partial_image"] * 2 + ["image_edit.completed"]
+    assert [e.partial_image_index for e in events[:2]] == [0, 1]  # type: ignore[union-attr]
+    # Previews at evenly spaced steps, with our progress extension.
+    assert [(e.model_extra or {})["progress"] for e in events[:2]] == [{"step": 2, "total": 6}, {"step": 4, "total": 6}]
+    for event in events:
+        assert Image.open(io.BytesIO(base64.b64decode(event.b64_json))).size == (32, 32)
+
+
 def test_bad_input_over_http_keeps_the_server_healthy(server: ServerProcess) -> None:
     url = server.base_url
     cases = [

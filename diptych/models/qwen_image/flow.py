@@ -1,16 +1,13 @@
 """The denoising stages of Qwen-Image / Qwen-Image-Edit, run inside the flow worker.
 
 Stages as in diffusers' ``QwenImagePipeline`` / ``QwenImageEditPipeline`` — encode prompt,
-prepare latents, timesteps, denoise, decode — but split at step granularity, with every
-per-request value in a :class:`QwenImageFlowState` so one runner serves interleaved requests.
-
-Guidance rule (our API → diffusers' arguments). ``guidance_scale`` is diffusers'
-``true_cfg_scale``. Classifier-free guidance runs exactly when ``guidance_scale > 1``; its
-unconditional branch encodes ``negative_prompt``, or ``" "`` when the request has none (the
-empty negative prompt Qwen-Image's own examples use). With ``guidance_scale <= 1`` there is
-one branch and any ``negative_prompt`` is ignored. So a request equals the diffusers call
-``true_cfg_scale=guidance_scale, negative_prompt=(negative_prompt if given else " ") if
-guidance_scale > 1 else None``.
+prepare latents, timesteps, denoise, decode — but split at step granularity and taken over
+many requests at once: ``prepare`` encodes the prompts of every request admitted at a step
+together (through a cache, ``conditioning.py``), ``step`` runs one transformer forward per
+image layout with both guidance branches of every image in it (``denoise.py``), and
+``preview`` / ``decode`` batch the VAE (``decode.py``). Every per-request value lives in a
+:class:`QwenImageFlowState`; each request's noise comes from its own seeded generator, so
+its image does not depend on what it was batched with. The guidance rule is in ``state.py``.
 
 An edit checkpoint given no source image generates from text as ``QwenImagePipeline`` built
 from the same components would (text template, no source latents).
@@ -20,62 +17,45 @@ from __future__ import annotations
 
 import logging
 import secrets
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 from diptych.engine.types import ImageRequest
+from diptych.models.base import FlowCost
 from diptych.models.qwen_image import latents as lat
 from diptych.models.qwen_image.components import QwenImageComponents, load_components
+from diptych.models.qwen_image.conditioning import DEFAULT_CACHE_BYTES, Conditioner, PromptSpec, image_digest
+from diptych.models.qwen_image.decode import DecodeItem, LatentDecoder
+from diptych.models.qwen_image.denoise import velocities
 from diptych.models.qwen_image.prompt import PromptEmbedding, PromptEncoder
-from diptych.models.qwen_image.schedule import euler_step, flow_schedule, predicted_clean, true_cfg
-from diptych.models.qwen_image.source import DEFAULT_SOURCE_AREA, prepare_source
+from diptych.models.qwen_image.schedule import euler_step, flow_schedule, predicted_clean
+from diptych.models.qwen_image.source import DEFAULT_SOURCE_AREA, prepare_source, source_size
+from diptych.models.qwen_image.state import EMPTY_NEGATIVE_PROMPT, QwenImageFlowState, resolve_guidance
+from diptych.models.qwen_image.vae_fast import install_single_frame_paths
+
+__all__ = ["EMPTY_NEGATIVE_PROMPT", "QwenImageFlowRunner", "QwenImageFlowState", "resolve_guidance"]
 
 logger = logging.getLogger(__name__)
 
-# The unconditional prompt when guidance runs and the request names no negative prompt.
-EMPTY_NEGATIVE_PROMPT = " "
+# Tokens of the chat template kept after the prompt (<|im_end|>, the assistant header), for pricing.
+_TEMPLATE_TAIL_TOKENS = 8
+# The VLM sees 28x28-pixel cells of the source image (14-pixel patches merged 2x2), for pricing.
+_VISION_CELL = 28
+# Activation memory of one forward, in multiples of its hidden states (q, k, v and attention
+# output of both streams, the 4x-wide MLP, residuals): a deliberate over-estimate.
+_ACTIVATION_FACTOR = 12
 
 
-def resolve_guidance(guidance_scale: float, negative_prompt: str | None) -> str | None:
-    """The negative prompt of the unconditional branch, or None when guidance does not run."""
-    if guidance_scale <= 1:
-        if negative_prompt is not None:
-            logger.debug("negative_prompt ignored: guidance_scale %s <= 1", guidance_scale)
-        return None
-    return negative_prompt if negative_prompt is not None else EMPTY_NEGATIVE_PROMPT
+@dataclass(frozen=True)
+class Source:
+    """An edit's source image as the VLM and the VAE see it, and its digest (the cache key)."""
 
-
-@dataclass(eq=False)
-class QwenImageFlowState:
-    """One image of one request, between denoising steps."""
-
-    request_id: str
-    index: int  # which of the request's n images
-    height: int
-    width: int
-    num_steps: int
-    guidance_scale: float
-    latents: torch.Tensor  # [1, patches, C*4], packed
-    sigmas: torch.Tensor  # [num_steps + 1], ends at 0
-    timesteps: torch.Tensor  # [num_steps], sigma * num_train_timesteps
-    cond: PromptEmbedding
-    uncond: PromptEmbedding | None  # None: no guidance
-    # (frames, rows, cols) of each image in the transformer sequence: the target, then the source.
-    img_shapes: tuple[tuple[int, int, int], ...]
-    source_latents: torch.Tensor | None = None  # [1, source patches, C*4], edit only
-    step_index: int = 0
-    pred_clean: torch.Tensor | None = field(default=None, repr=False)  # x0 predicted at the last step
-
-    @property
-    def done(self) -> bool:
-        return self.step_index >= self.num_steps
-
-    @property
-    def prompt_tokens(self) -> int:
-        return self.cond.num_tokens
+    image: Image.Image
+    key: str
 
 
 class QwenImageFlowRunner:
@@ -88,11 +68,16 @@ class QwenImageFlowRunner:
         *,
         dtype: torch.dtype = torch.float32,
         source_area: int = DEFAULT_SOURCE_AREA,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        decoder: LatentDecoder | None = None,
     ) -> None:
         self._parts: QwenImageComponents = load_components(Path(model_dir), device, dtype)
+        install_single_frame_paths(self._parts.vae)  # images are single frames of a video VAE
         self._prompts = PromptEncoder(
             self._parts.text_encoder, self._parts.tokenizer, self._parts.processor, self._parts.dtype
         )
+        self._conditioner = Conditioner(self._prompts, self._encode_source, cache_bytes)
+        self._decoder = decoder or LatentDecoder(self._parts.vae, self._parts.vae_scale_factor)
         self._source_area = source_area
 
     @property
@@ -108,23 +93,89 @@ class QwenImageFlowRunner:
     def prompt_encoder(self) -> PromptEncoder:
         return self._prompts
 
+    @property
+    def conditioner(self) -> Conditioner:
+        return self._conditioner
+
+    @property
+    def decoder(self) -> LatentDecoder:
+        return self._decoder
+
+    # -- check and price ---------------------------------------------------------------
+
+    def check(self, request: ImageRequest) -> FlowCost:
+        multiple = self.size_multiple
+        if request.width % multiple or request.height % multiple:
+            raise ValueError(f"image size {request.width}x{request.height} is not a multiple of {multiple}")
+        if request.n < 1 or request.num_inference_steps < 1:
+            raise ValueError(f"n ({request.n}) and num_inference_steps ({request.num_inference_steps}) must be >= 1")
+        if request.mask is not None:
+            raise ValueError("Qwen-Image does not support a mask")
+        if request.is_edit and not self.is_edit:
+            raise ValueError("this Qwen-Image checkpoint generates only; edit needs a Qwen-Image-Edit checkpoint")
+        if len(request.source_images) > 1:
+            raise ValueError(f"Qwen-Image-Edit takes one source image, got {len(request.source_images)}")
+        return self._price(request)
+
+    def _price(self, request: ImageRequest) -> FlowCost:
+        """Tokens per step and an activation-memory estimate, from sizes and a tokenizer count (no model call)."""
+        image_tokens = (request.height // self.size_multiple) * (request.width // self.size_multiple)
+        vision_tokens = 0
+        if request.is_edit:
+            source = request.source_images[0]
+            width, height = source_size(source.width, source.height, self._source_area)
+            image_tokens += (height // self.size_multiple) * (width // self.size_multiple)
+            vision_tokens = (height // _VISION_CELL) * (width // _VISION_CELL)
+        negative = resolve_guidance(request.guidance_scale, request.negative_prompt)
+        prompts = [request.prompt] if negative is None else [request.prompt, negative]
+        rows = [image_tokens + vision_tokens + self._count(text) + _TEMPLATE_TAIL_TOKENS for text in prompts]
+        config = self._parts.transformer.config
+        heads, width = config.num_attention_heads, config.num_attention_heads * config.attention_head_dim
+        item = torch.finfo(self._parts.dtype).bits // 8
+        per_image = sum(length * width * _ACTIVATION_FACTOR + heads * length * length for length in rows) * item
+        return FlowCost(tokens=request.n * sum(rows), memory_bytes=request.n * per_image)
+
+    def _count(self, text: str) -> int:
+        return len(self._prompts.tokenizer(text)["input_ids"])
+
     # -- prepare -------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def prepare(self, request: ImageRequest) -> list[QwenImageFlowState]:
-        self._check(request)
-        negative = resolve_guidance(request.guidance_scale, request.negative_prompt)
-        source_latents, source_shape = None, None
-        if request.is_edit:
-            source = prepare_source(request.source_images[0], self._source_area)
-            cond = self._prompts.encode_with_image(request.prompt, source)
-            uncond = None if negative is None else self._prompts.encode_with_image(negative, source)
-            source_latents = self._encode_source(source)
-            source_shape = (1, source.height // self.size_multiple, source.width // self.size_multiple)
-        else:
-            cond = self._prompts.encode_text(request.prompt)
-            uncond = None if negative is None else self._prompts.encode_text(negative)
+    def prepare(self, requests: Sequence[ImageRequest]) -> list[list[QwenImageFlowState]]:
+        for request in requests:
+            self.check(request)
+        sources = [self._source(request) for request in requests]
+        branches = [self._prompt_specs(request, source) for request, source in zip(requests, sources, strict=True)]
+        # One prompt-encoder pass (per template) over every prompt of every request.
+        embeddings = iter(self._conditioner.prompts([spec for specs in branches for spec in specs]))
+        prepared = []
+        for request, source, specs in zip(requests, sources, branches, strict=True):
+            cond, *uncond = [next(embeddings) for _ in specs]
+            prepared.append(self._initial_states(request, source, cond, uncond[0] if uncond else None))
+        return prepared
 
+    def _source(self, request: ImageRequest) -> Source | None:
+        if not request.is_edit:
+            return None
+        image = prepare_source(request.source_images[0], self._source_area)
+        return Source(image, image_digest(image))
+
+    @staticmethod
+    def _prompt_specs(request: ImageRequest, source: Source | None) -> list[PromptSpec]:
+        image, key = (source.image, source.key) if source is not None else (None, None)
+        negative = resolve_guidance(request.guidance_scale, request.negative_prompt)
+        specs = [PromptSpec(request.prompt, image, key)]
+        if negative is not None:
+            specs.append(PromptSpec(negative, image, key))
+        return specs
+
+    def _initial_states(
+        self, request: ImageRequest, source: Source | None, cond: PromptEmbedding, uncond: PromptEmbedding | None
+    ) -> list[QwenImageFlowState]:
+        source_latents, source_shape = None, None
+        if source is not None:
+            source_latents = self._conditioner.source_latents(source.image, source.key)
+            source_shape = (1, source.image.height // self.size_multiple, source.image.width // self.size_multiple)
         noise = self._initial_noise(request)
         sigmas, timesteps = flow_schedule(request.num_inference_steps, noise.shape[1], self._parts.shift)
         device = self._parts.device
@@ -149,21 +200,8 @@ class QwenImageFlowRunner:
             for i in range(request.n)
         ]
 
-    def _check(self, request: ImageRequest) -> None:
-        multiple = self.size_multiple
-        if request.width % multiple or request.height % multiple:
-            raise ValueError(f"image size {request.width}x{request.height} is not a multiple of {multiple}")
-        if request.n < 1 or request.num_inference_steps < 1:
-            raise ValueError(f"n ({request.n}) and num_inference_steps ({request.num_inference_steps}) must be >= 1")
-        if request.mask is not None:
-            raise ValueError("Qwen-Image does not support a mask")
-        if request.is_edit and not self.is_edit:
-            raise ValueError("this Qwen-Image checkpoint generates only; edit needs a Qwen-Image-Edit checkpoint")
-        if len(request.source_images) > 1:
-            raise ValueError(f"Qwen-Image-Edit takes one source image, got {len(request.source_images)}")
-
     def _initial_noise(self, request: ImageRequest) -> torch.Tensor:
-        """All n images' noise in one draw from a CPU generator, as the pipeline draws it, then packed."""
+        """All n images' noise in one draw from the request's own CPU generator, as the pipeline draws it, then packed."""
         seed = request.seed if request.seed is not None else secrets.randbits(63)
         generator = torch.Generator(device="cpu").manual_seed(seed)
         scale = self._parts.vae_scale_factor
@@ -185,67 +223,27 @@ class QwenImageFlowRunner:
         for state in states:
             if state.done:
                 raise ValueError(f"request {state.request_id} image {state.index} has finished its {state.num_steps} steps")
-        velocities = self._velocities(states)
-        for state, velocity in zip(states, velocities, strict=True):
+        # Compute everything before touching any state: a failure leaves every state as it was.
+        updates = []
+        for state, velocity in zip(states, velocities(self._parts.transformer, states), strict=True):
             i = state.step_index
             sigma, sigma_next = state.sigmas[i], state.sigmas[i + 1]
-            state.pred_clean = predicted_clean(state.latents, velocity, sigma)
-            state.latents = euler_step(state.latents, velocity, sigma, sigma_next)
-            state.step_index = i + 1
-
-    def _velocities(self, states: list[QwenImageFlowState]) -> list[torch.Tensor]:
-        # One forward per branch per state for now; the flow worker's step batching will pack
-        # these into one forward (block-diagonal attention) without changing this interface.
-        velocities = []
-        for state in states:
-            cond = self._forward(state, state.cond)
-            if state.uncond is not None:
-                cond = true_cfg(cond, self._forward(state, state.uncond), state.guidance_scale)
-            velocities.append(cond)
-        return velocities
-
-    def _forward(self, state: QwenImageFlowState, prompt: PromptEmbedding) -> torch.Tensor:
-        hidden = state.latents
-        if state.source_latents is not None:
-            hidden = torch.cat([hidden, state.source_latents], dim=1)
-        timestep = state.timesteps[state.step_index].expand(hidden.shape[0]).to(hidden.dtype)
-        output = self._parts.transformer(
-            hidden_states=hidden,
-            timestep=timestep / 1000,
-            encoder_hidden_states=prompt.embeds,
-            encoder_hidden_states_mask=None,  # one unpadded prompt: every token is valid
-            img_shapes=[list(state.img_shapes)],
-            return_dict=False,
-        )[0]
-        # The source image's tokens ride along for attention only; keep the target's velocity.
-        return output[:, : state.latents.shape[1]]
+            clean = predicted_clean(state.latents, velocity, sigma)
+            updates.append((clean, euler_step(state.latents, velocity, sigma, sigma_next)))
+        for state, (clean, latents) in zip(states, updates, strict=True):
+            state.pred_clean, state.latents = clean, latents
+            state.step_index += 1
 
     # -- preview and decode --------------------------------------------------------------
 
-    @torch.inference_mode()
-    def preview(self, state: QwenImageFlowState) -> Image.Image:
-        """The image the last step's velocity points at (``x0 = x_t - sigma * v``)."""
-        if state.pred_clean is None:
-            raise ValueError(f"request {state.request_id} image {state.index} has no step yet to preview")
-        return self._decode_group([state.pred_clean], state.height, state.width)[0]
+    def preview(self, states: list[QwenImageFlowState]) -> list[Image.Image]:
+        """The images the last step's velocities point at (``x0 = x_t - sigma * v``), in one batched decode."""
+        for state in states:
+            if state.pred_clean is None:
+                raise ValueError(f"request {state.request_id} image {state.index} has no step yet to preview")
+        return self._decoder.decode([DecodeItem(s.pred_clean, s.height, s.width) for s in states])  # type: ignore[arg-type]
 
-    @torch.inference_mode()
     def decode(self, states: list[QwenImageFlowState]) -> list[Image.Image]:
-        """Final images, one VAE pass per distinct size; returned in the order of ``states``."""
-        groups: dict[tuple[int, int], list[int]] = {}
-        for position, state in enumerate(states):
-            groups.setdefault((state.height, state.width), []).append(position)
-        images: list[Image.Image | None] = [None] * len(states)
-        for (height, width), positions in groups.items():
-            decoded = self._decode_group([states[p].latents for p in positions], height, width)
-            for position, image in zip(positions, decoded, strict=True):
-                images[position] = image
-        return [image for image in images if image is not None]
+        """Final images, batched by size; returned in the order of ``states``."""
+        return self._decoder.decode([DecodeItem(s.latents, s.height, s.width) for s in states])
 
-    def _decode_group(self, packed: list[torch.Tensor], height: int, width: int) -> list[Image.Image]:
-        scale = self._parts.vae_scale_factor
-        vae = self._parts.vae
-        latents = lat.unpack(torch.cat(packed, dim=0), height // scale, width // scale).to(vae.dtype)
-        latents = lat.denormalize(latents, vae.config.latents_mean, vae.config.latents_std)
-        frames = vae.decode(latents, return_dict=False)[0][:, :, 0]
-        return lat.pixels_to_pil(frames)

@@ -10,6 +10,7 @@ dropped from the front is computed from the tokenizer instead of being the hard-
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,38 +99,67 @@ class PromptEncoder:
     def device(self) -> torch.device:
         return next(self._text_encoder.parameters()).device
 
-    @torch.inference_mode()
     def encode_text(self, prompt: str) -> PromptEmbedding:
-        """Text-to-image conditioning, truncated as the pipeline truncates."""
+        return self.encode_texts([prompt])[0]
+
+    def encode_with_image(self, prompt: str, image: Image.Image) -> PromptEmbedding:
+        return self.encode_with_images([(prompt, image)])[0]
+
+    @torch.inference_mode()
+    def encode_texts(self, prompts: Sequence[str]) -> list[PromptEmbedding]:
+        """Text-to-image conditioning of each prompt, in one VLM forward, truncated as the pipeline truncates."""
+        if not prompts:
+            return []
         drop = self.generate_prefix_len
         tokens = self._tokenizer(
-            [GENERATE_TEMPLATE.format(prompt)],
+            [GENERATE_TEMPLATE.format(prompt) for prompt in prompts],
             max_length=TOKENIZER_MAX_LENGTH + drop,
             padding=True,
+            padding_side="right",
             truncation=True,
             return_tensors="pt",
         ).to(self.device)
         hidden = self._last_hidden(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
-        embeds = hidden[:, drop:][:, :MAX_SEQUENCE_LENGTH]
-        return PromptEmbedding(embeds=embeds.to(self._dtype))
+        # clone: a view would keep the whole batch's hidden states alive in the prompt cache.
+        return [
+            PromptEmbedding(embeds=row[drop:length][:MAX_SEQUENCE_LENGTH][None].to(self._dtype).clone())
+            for row, length in zip(hidden, _lengths(tokens.attention_mask), strict=True)
+        ]
 
     @torch.inference_mode()
-    def encode_with_image(self, prompt: str, image: Image.Image) -> PromptEmbedding:
-        """Edit conditioning: the source image's vision tokens and the instruction (no truncation, as the pipeline)."""
+    def encode_with_images(self, pairs: Sequence[tuple[str, Image.Image]]) -> list[PromptEmbedding]:
+        """Edit conditioning of each (instruction, source image), in one VLM forward (no truncation, as the pipeline)."""
+        if not pairs:
+            return []
         if self._processor is None:
             raise ValueError("this checkpoint has no processor/ and cannot encode a source image")
         inputs = self._processor(
-            text=[EDIT_TEMPLATE.format(prompt)], images=image, padding=True, return_tensors="pt"
+            text=[EDIT_TEMPLATE.format(prompt) for prompt, _ in pairs],
+            images=[image for _, image in pairs],
+            padding=True,
+            padding_side="right",
+            return_tensors="pt",
         ).to(self.device)
+        # Not the processor's mm_token_type_ids: the pipeline does not pass them, and with them
+        # transformers computes other rotary positions (the embeddings change).
         hidden = self._last_hidden(
             input_ids=inputs["input_ids"],
             attention_mask=inputs["attention_mask"],
             pixel_values=inputs.get("pixel_values"),
             image_grid_thw=inputs.get("image_grid_thw"),
         )
-        return PromptEmbedding(embeds=hidden[:, self.edit_prefix_len :].to(self._dtype))
+        drop = self.edit_prefix_len
+        return [
+            PromptEmbedding(embeds=row[drop:length][None].to(self._dtype).clone())
+            for row, length in zip(hidden, _lengths(inputs["attention_mask"]), strict=True)
+        ]
 
     def _last_hidden(self, **inputs: Any) -> torch.Tensor:
-        # One prompt per call, so the attention mask is all ones and nothing needs unpadding.
+        # Right padding: each prompt's tokens keep the positions they have alone, and causal
+        # attention keeps the padding after them out of their hidden states.
         outputs = self._text_encoder(**inputs, output_hidden_states=True)
         return outputs.hidden_states[-1]
+
+
+def _lengths(attention_mask: torch.Tensor) -> list[int]:
+    return [int(n) for n in attention_mask.sum(dim=1).tolist()]

@@ -76,9 +76,27 @@ _PIPELINE_COMPONENTS: dict[str, list[str]] = {
 }
 
 
+# A mid-sized transformer for benchmarks (about 76M parameters: 8 blocks of width 512), where
+# compute rather than per-call overhead dominates a step, as with real checkpoints. Keeps
+# diffusers' own init: the wide spread that makes tiny blocks react would blow up 8 of these.
+MID_TRANSFORMER: dict[str, Any] = {
+    "patch_size": 2,
+    "num_layers": 8,
+    "attention_head_dim": 64,
+    "num_attention_heads": 8,
+    "guidance_embeds": False,
+    "axes_dims_rope": [16, 24, 24],
+}
+
+
 def write_tiny_qwen_image(out_dir: Path, seed: int = 0) -> Path:
     """A tiny random Qwen-Image (text-to-image) checkpoint in ``out_dir``; returns ``out_dir``."""
     return _write_checkpoint(Path(out_dir), seed, edit=False)
+
+
+def write_mid_qwen_image(out_dir: Path, seed: int = 0) -> Path:
+    """A random Qwen-Image checkpoint with the mid-sized transformer (tiny VLM and VAE); returns ``out_dir``."""
+    return _write_checkpoint(Path(out_dir), seed, edit=False, transformer_config=MID_TRANSFORMER, init_std=None)
 
 
 def write_tiny_qwen_image_edit(out_dir: Path, seed: int = 0) -> Path:
@@ -86,7 +104,14 @@ def write_tiny_qwen_image_edit(out_dir: Path, seed: int = 0) -> Path:
     return _write_checkpoint(Path(out_dir), seed, edit=True)
 
 
-def _write_checkpoint(out_dir: Path, seed: int, *, edit: bool) -> Path:
+def _write_checkpoint(
+    out_dir: Path,
+    seed: int,
+    *,
+    edit: bool,
+    transformer_config: dict[str, Any] = _TRANSFORMER,
+    init_std: float | None = _TRANSFORMER_INIT_STD,
+) -> Path:
     from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -104,12 +129,13 @@ def _write_checkpoint(out_dir: Path, seed: int, *, edit: bool) -> Path:
             **_VAE, latents_mean=[round(v, 4) for v in means], latents_std=[round(v, 4) for v in stds]
         )
         transformer = QwenImageTransformer2DModel(
-            **_TRANSFORMER,
+            **transformer_config,
             in_channels=z_dim * 4,  # one 2x2 patch of latent cells per token
             out_channels=z_dim,
             joint_attention_dim=text_width,
         )
-        _redraw_linear(transformer, _TRANSFORMER_INIT_STD)
+        if init_std is not None:
+            _redraw_linear(transformer, init_std)
     vae.save_pretrained(out_dir / "vae")
     transformer.save_pretrained(out_dir / "transformer")
     FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG).save_pretrained(out_dir / "scheduler")

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from diptych.engine.types import ImageRequest
-from diptych.models.qwen_image.flow import EMPTY_NEGATIVE_PROMPT, QwenImageFlowRunner, QwenImageFlowState
+from diptych.models.qwen_image.flow import EMPTY_NEGATIVE_PROMPT, QwenImageFlowRunner
 
 PROMPT = "a red circle on a white background"
 SEED = 1234
@@ -39,7 +39,7 @@ def _request(**overrides: Any) -> ImageRequest:
 
 def _run(runner: QwenImageFlowRunner, request: ImageRequest) -> tuple[list[Image.Image], list[torch.Tensor]]:
     """Final images and the packed latents of all n images after each step."""
-    states = runner.prepare(request)
+    (states,) = runner.prepare([request])
     trajectory = []
     for _ in range(request.num_inference_steps):
         runner.step(states)
@@ -174,7 +174,7 @@ def test_edit_checkpoint_generates_like_qwen_image_pipeline(edit_runner: QwenIma
 
 def test_interleaved_requests_match_solo_runs(t2i_runner: QwenImageFlowRunner) -> None:
     first, second = _request(n=1), _request(n=1, prompt="a yellow star", width=32, height=32, seed=5, guidance_scale=1.0)
-    a, b = t2i_runner.prepare(first), t2i_runner.prepare(second)
+    a, b = t2i_runner.prepare([first, second])
     t2i_runner.step(a + b)  # one batch of both requests
     t2i_runner.step(a)  # then at different paces
     t2i_runner.step(a + b)
@@ -186,16 +186,16 @@ def test_interleaved_requests_match_solo_runs(t2i_runner: QwenImageFlowRunner) -
 
 
 def test_preview_decodes_predicted_clean_latent(t2i_runner: QwenImageFlowRunner) -> None:
-    states: list[QwenImageFlowState] = t2i_runner.prepare(_request(n=1))
+    (states,) = t2i_runner.prepare([_request(n=1)])
     with pytest.raises(ValueError, match="no step"):
-        t2i_runner.preview(states[0])
+        t2i_runner.preview(states)
     t2i_runner.step(states)
-    early = t2i_runner.preview(states[0])
+    (early,) = t2i_runner.preview(states)
     assert early.size == (64, 48)
     while not states[0].done:
         t2i_runner.step(states)
     # The last step lands on sigma 0, where the predicted clean latent is the result itself.
-    assert np.array_equal(_pixels(t2i_runner.preview(states[0])), _pixels(t2i_runner.decode(states)[0]))
+    assert np.array_equal(_pixels(t2i_runner.preview(states)[0]), _pixels(t2i_runner.decode(states)[0]))
     assert np.abs(_pixels(early) - _pixels(t2i_runner.decode(states)[0])).mean() > 0
     with pytest.raises(ValueError, match="finished"):
         t2i_runner.step(states)
@@ -212,10 +212,12 @@ def test_preview_decodes_predicted_clean_latent(t2i_runner: QwenImageFlowRunner)
 )
 def test_invalid_requests_are_refused(t2i_runner: QwenImageFlowRunner, overrides: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        t2i_runner.prepare(_request(**overrides))
+        t2i_runner.check(_request(**overrides))
+    with pytest.raises(ValueError, match=message):
+        t2i_runner.prepare([_request(**overrides)])
 
 
 def test_unseeded_requests_still_run(t2i_runner: QwenImageFlowRunner) -> None:
-    states = t2i_runner.prepare(_request(seed=None, n=1, num_inference_steps=1))
+    (states,) = t2i_runner.prepare([_request(seed=None, n=1, num_inference_steps=1)])
     t2i_runner.step(states)
     assert t2i_runner.decode(states)[0].size == (64, 48)

@@ -1,0 +1,185 @@
+"""The server side of ``diptych bench flow``: a ``diptych serve`` subprocess, bursts of requests, memory.
+
+Requests go over real HTTP (httpx), all of a burst sent at once; latency is measured
+from the burst's start to each response. Peak memory is each process's high-water mark
+(``VmHWM``), read from /proc before the server stops: the flow worker (named
+``diptych-flow``) and the sum over the server's whole process tree (gateway, flow
+worker, vLLM's processes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from diptych.engine.flow_worker import PROCESS_NAME
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One request of the benchmark, sent to the server and to diffusers alike."""
+
+    prompt: str
+    negative_prompt: str
+    seed: int
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+
+    def body(self, model: str) -> dict[str, Any]:
+        return {
+            "model": model, "prompt": self.prompt, "negative_prompt": self.negative_prompt, "seed": self.seed,
+            "size": f"{self.width}x{self.height}", "num_inference_steps": self.steps,
+            "guidance_scale": self.guidance_scale, "response_format": "b64_json", "output_format": "png",
+        }
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen[bytes] | None
+    url: str
+    log_path: Path | None
+
+    def stop(self, timeout_s: float = 60) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            logger.warning("server %s did not stop in %ss; killing it", self.process.pid, timeout_s)
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path else ""
+
+
+def start_server(model_dir: Path, work_dir: Path, *, queue_depth: int, timeout_s: float = 600) -> ServerProcess:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    log_path = work_dir / f"server-{model_dir.name}.log"
+    command = [
+        sys.executable, "-m", "diptych.cli", "serve", "--model", str(model_dir), "--host", "127.0.0.1",
+        "--port", str(port), "--cache-dir", str(work_dir / "cache"), "--kv-cache-gib", "0.5",
+        "--queue-depth", str(queue_depth), "--max-steps", "1000", "--request-timeout", "3600",
+        "--log-level", "warning",
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIPTYCH_")}
+    with log_path.open("wb") as log:
+        # Its own session: a stuck server is killed with its whole group (vLLM's processes too).
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    server = ServerProcess(process, f"http://127.0.0.1:{port}", log_path)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} during start-up:\n{server.log_tail()}")
+        try:
+            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    server.stop()
+    raise RuntimeError(f"server not healthy after {timeout_s}s:\n{server.log_tail()}")
+
+
+def served_model(url: str) -> str:
+    response = httpx.get(f"{url}/v1/models", timeout=30)
+    response.raise_for_status()
+    return str(response.json()["data"][0]["id"])
+
+
+def burst(url: str, model: str, jobs: list[ImageJob]) -> tuple[float, list[float], list[np.ndarray]]:
+    """All ``jobs`` sent at once: wall time, each one's latency from the start, and the images."""
+    return asyncio.run(_burst(url, model, jobs))
+
+
+async def _burst(url: str, model: str, jobs: list[ImageJob]) -> tuple[float, list[float], list[np.ndarray]]:
+    limits = httpx.Limits(max_connections=len(jobs) + 1)
+    async with httpx.AsyncClient(base_url=url, timeout=3600, limits=limits) as client:
+        start = time.perf_counter()
+
+        async def one(job: ImageJob) -> tuple[float, np.ndarray]:
+            response = await client.post("/v1/images/generations", json=job.body(model))
+            if response.status_code != 200:
+                raise RuntimeError(f"server answered {response.status_code}: {response.text[:500]}")
+            latency = time.perf_counter() - start
+            png = base64.b64decode(response.json()["data"][0]["b64_json"])
+            return latency, np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+        results = await asyncio.gather(*(one(job) for job in jobs))
+        wall = time.perf_counter() - start
+    return wall, [latency for latency, _ in results], [image for _, image in results]
+
+
+# -- memory ---------------------------------------------------------------------------
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """The process's resident-set high-water mark (VmHWM), or 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and all its descendants, from the parent ids in /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    tree, frontier = [], [root]
+    while frontier:
+        pid = frontier.pop()
+        tree.append(pid)
+        frontier.extend(children.get(pid, []))
+    return tree
+
+
+def process_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def server_peak_rss(server: ServerProcess) -> dict[str, int | None]:
+    """Peak RSS of the flow worker and of the server's whole process tree (None for a server we did not start)."""
+    if server.process is None:
+        return {"flow_worker": None, "server_total": None}
+    tree = process_tree(server.process.pid)
+    workers = [pid for pid in tree if process_name(pid) == PROCESS_NAME]
+    return {
+        "flow_worker": peak_rss_bytes(workers[0]) if workers else None,
+        "server_total": sum(peak_rss_bytes(pid) for pid in tree),
+    }
