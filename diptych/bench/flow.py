@@ -38,7 +38,8 @@ from typing import Any
 import numpy as np
 
 from diptych.bench.flow_direct import DirectPipeline
-from diptych.bench.flow_server import ImageJob, ServerProcess, burst, served_model, server_peak_rss, start_server
+from diptych.bench.flow_server import ImageJob, burst, served_model, server_peak_rss
+from diptych.bench.server_process import ServerProcess, start_server
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +98,9 @@ def _bench_checkpoint(name: str, model_dir: Path | None, args: argparse.Namespac
         logger.info("writing the %s checkpoint", name)
         model_dir = _load(CHECKPOINTS[name])(work_dir / f"{name}-qwen-image", seed=0)
     logger.info("%s: starting the server and the diffusers process", name)
-    server = ServerProcess(None, args.url, None) if args.url else start_server(
-        model_dir, work_dir, queue_depth=max(64, 2 * args.requests))
+    server = ServerProcess(None, args.url) if args.url else start_server(
+        model_dir, work_dir, "--queue-depth", str(max(64, 2 * args.requests)), "--max-steps", "1000",
+        "--request-timeout", "3600", "--log-level", "warning", startup_timeout_s=600)
     direct = DirectPipeline(model_dir, args.threads)
     try:
         return _measure(server, direct, model_dir, config)
@@ -108,20 +110,20 @@ def _bench_checkpoint(name: str, model_dir: Path | None, args: argparse.Namespac
 
 
 def _measure(server: ServerProcess, direct: DirectPipeline, model_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
-    model = served_model(server.url)
+    model = served_model(server.base_url)
     jobs = _JobMaker(config)
     # First calls pay one-off costs (allocator growth, kernel selection per shape) on both sides:
     # one request of each kind, and for the server one burst (its batched shapes).
     for guidance in (config["guidance_scale"], 1.0):
-        burst(server.url, model, [jobs.make(guidance)])
+        burst(server.base_url, model, [jobs.make(guidance)])
         direct.run([jobs.make(guidance)])
-    burst(server.url, model, [jobs.make(config["guidance_scale"]) for _ in range(config["requests"])])
+    burst(server.base_url, model, [jobs.make(config["guidance_scale"]) for _ in range(config["requests"])])
 
     server_walls, server_latencies, direct_walls, direct_latencies, diffs = [], [], [], [], []
     for round_index in range(config["rounds"]):
         batch = [jobs.make(config["guidance_scale"]) for _ in range(config["requests"])]
         logger.info("round %d: burst of %d through the server", round_index + 1, len(batch))
-        wall, latencies, served = burst(server.url, model, batch)
+        wall, latencies, served = burst(server.base_url, model, batch)
         server_walls.append(wall)
         server_latencies += latencies
         logger.info("round %d: the same %d through diffusers", round_index + 1, len(batch))
@@ -136,7 +138,7 @@ def _measure(server: ServerProcess, direct: DirectPipeline, model_dir: Path, con
         server_times, direct_times = [], []
         for _ in range(config["single"]):
             job = jobs.make(guidance)
-            server_times.append(burst(server.url, model, [job])[0])
+            server_times.append(burst(server.base_url, model, [job])[0])
             direct_times.append(direct.run([job])[1][0])
         single[mode] = {
             "server_s": statistics.median(server_times),

@@ -13,11 +13,6 @@ import asyncio
 import base64
 import io
 import logging
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +22,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from diptych.bench.server_process import ServerProcess
 from diptych.engine.flow_worker import PROCESS_NAME
 
 logger = logging.getLogger(__name__)
@@ -50,57 +46,6 @@ class ImageJob:
             "size": f"{self.width}x{self.height}", "num_inference_steps": self.steps,
             "guidance_scale": self.guidance_scale, "response_format": "b64_json", "output_format": "png",
         }
-
-
-@dataclass
-class ServerProcess:
-    process: subprocess.Popen[bytes] | None
-    url: str
-    log_path: Path | None
-
-    def stop(self, timeout_s: float = 60) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            logger.warning("server %s did not stop in %ss; killing it", self.process.pid, timeout_s)
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-
-    def log_tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path else ""
-
-
-def start_server(model_dir: Path, work_dir: Path, *, queue_depth: int, timeout_s: float = 600) -> ServerProcess:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    log_path = work_dir / f"server-{model_dir.name}.log"
-    command = [
-        sys.executable, "-m", "diptych.cli", "serve", "--model", str(model_dir), "--host", "127.0.0.1",
-        "--port", str(port), "--cache-dir", str(work_dir / "cache"), "--kv-cache-gib", "0.5",
-        "--queue-depth", str(queue_depth), "--max-steps", "1000", "--request-timeout", "3600",
-        "--log-level", "warning",
-    ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DIPTYCH_")}
-    with log_path.open("wb") as log:
-        # Its own session: a stuck server is killed with its whole group (vLLM's processes too).
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    server = ServerProcess(process, f"http://127.0.0.1:{port}", log_path)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode} during start-up:\n{server.log_tail()}")
-        try:
-            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    server.stop()
-    raise RuntimeError(f"server not healthy after {timeout_s}s:\n{server.log_tail()}")
 
 
 def served_model(url: str) -> str:

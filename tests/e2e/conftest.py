@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.server_process import ServerProcess, start_server
+from diptych.bench.server_process import ServerProcess, start_server
 
 
 @pytest.fixture(scope="session")

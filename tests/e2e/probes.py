@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import httpx
 
-from tests.e2e.server_process import ServerProcess
+from diptych.bench.server_process import ServerProcess
 
 
 def metric(server: ServerProcess, name: str, **labels: str) -> float:

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from tests.e2e.probes import metric, wait_until
-from tests.e2e.server_process import ServerProcess
+from diptych.bench.server_process import ServerProcess
 
 MODEL = "tiny-edit"
 # Long enough (tens of seconds on CPU) that it is surely still running when the client leaves.

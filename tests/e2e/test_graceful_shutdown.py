@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from tests.e2e.probes import metric, wait_until
-from tests.e2e.server_process import start_server
+from diptych.bench.server_process import start_server
 
 MODEL = "tiny-edit"
 

@@ -12,7 +12,7 @@ import numpy as np
 import psutil
 from PIL import Image
 
-from tests.e2e.server_process import ServerProcess
+from diptych.bench.server_process import ServerProcess
 from tests.server.bad_inputs import images
 
 MODEL = "tiny-edit"

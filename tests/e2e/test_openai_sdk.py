@@ -10,7 +10,7 @@ import openai
 import pytest
 from PIL import Image
 
-from tests.e2e.server_process import ServerProcess
+from diptych.bench.server_process import ServerProcess
 
 MODEL = "tiny-edit"
 

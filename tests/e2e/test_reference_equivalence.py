@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from diptych import compat
-from tests.e2e.server_process import ServerProcess
+from diptych.bench.server_process import ServerProcess
 
 MODEL = "tiny-edit"
 

@@ -7,13 +7,12 @@ import base64
 import io
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
 
-from tests.e2e.server_process import ServerProcess, start_server
+from diptych.bench.server_process import ServerProcess, start_server
 from tests.e2e.probes import metric, wait_until
 
 MODEL = "tiny-t2i"

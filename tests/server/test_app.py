@@ -9,7 +9,6 @@ import json
 import pytest
 from PIL import Image
 
-from diptych.engine.errors import QueueFullError
 from tests.server.conftest import data_url, png_bytes
 from tests.server.fake_engine import FakeEngine
 

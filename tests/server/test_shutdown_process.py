@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.server_process import free_port
+from diptych.bench.server_process import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

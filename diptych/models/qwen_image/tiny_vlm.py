@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from diptych.models.qwen_image.chat_template import CHAT_TEMPLATE, IMAGE_PLACEHOLDER, SPECIAL_TOKENS
 

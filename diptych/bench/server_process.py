@@ -1,7 +1,12 @@
-"""Start ``diptych serve`` as a real process on a free loopback port, and stop it."""
+"""Start ``diptych serve`` as a real process on a free loopback port, wait for health, stop it.
+
+Shared by the benchmarks and the end-to-end tests: both measure a server the way a user
+runs it, over real HTTP.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -13,6 +18,8 @@ from pathlib import Path
 
 import httpx
 
+logger = logging.getLogger(__name__)
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -22,35 +29,43 @@ def free_port() -> int:
 
 @dataclass
 class ServerProcess:
-    process: subprocess.Popen
+    """A server this process started, or (``process`` None) one it was pointed at."""
+
+    process: subprocess.Popen[bytes] | None
     base_url: str
-    log_path: Path
+    log_path: Path | None = None
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:]
+        return self.log_path.read_text(errors="replace")[-6000:] if self.log_path else ""
 
-    def stop(self, timeout_s: float = 60) -> int:
+    def stop(self, timeout_s: float = 60) -> int | None:
+        """SIGTERM, then the whole process group (vLLM's processes too) if it does not stop in time."""
+        if self.process is None:
+            return None
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout_s)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                logger.warning("server %s did not stop in %ss; killing its group", self.process.pid, timeout_s)
+                os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(10)
         return self.process.returncode
 
 
 def start_server(model_dir: Path, work_dir: Path, *args: str, startup_timeout_s: float = 420) -> ServerProcess:
+    """``diptych serve --model model_dir`` with ``args``; its log and cache under ``work_dir``."""
     port = free_port()
     log_path = work_dir / f"server-{port}.log"
     command = [
         sys.executable, "-m", "diptych.cli", "serve", "--model", str(model_dir), "--host", "127.0.0.1",
         "--port", str(port), "--cache-dir", str(work_dir / "cache"), "--kv-cache-gib", "0.5", *args,
     ]
+    # The caller's DIPTYCH_* variables would change the server under test.
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIPTYCH_")}
     with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                   start_new_session=True)
+        # Its own session: a stuck server is killed with its whole group.
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     server = ServerProcess(process, f"http://127.0.0.1:{port}", log_path)
     deadline = time.monotonic() + startup_timeout_s
     while time.monotonic() < deadline:
