@@ -15,6 +15,7 @@ from collections.abc import Sequence
 # Bench name → module; each module exposes add_arguments(parser) and run(args) -> int.
 BENCHES: dict[str, str] = {
     # one line per bench, sorted by name
+    "attention": "diptych.bench.attention",
     "flow": "diptych.bench.flow",
 }
 
