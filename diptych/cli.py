@@ -17,6 +17,7 @@ BENCHES: dict[str, str] = {
     # one line per bench, sorted by name
     "attention": "diptych.bench.attention",
     "flow": "diptych.bench.flow",
+    "quality": "diptych.bench.quality",
 }
 
 # make-tiny FAMILY → "module:function(out_dir: Path, seed: int) -> Path".

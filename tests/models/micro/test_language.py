@@ -1,0 +1,128 @@
+"""Captions, questions and edits say what their scenes show (read back by an independent reader)."""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections import Counter
+
+import pytest
+
+from diptych.models.micro.analyser import DetectedObject, analyse
+from diptych.models.micro.checks import Count, Pattern, Relation
+from diptych.models.micro.edits import EDIT_KINDS, sample_edit
+from diptych.models.micro.language import CAPTION_KINDS, caption_of_kind
+from diptych.models.micro.vqa import QUESTION_KINDS, sample_question
+from diptych.models.micro.world import (
+    CELL_NAMES,
+    Scene,
+    ShapeObject,
+    render,
+    sample_scene,
+)
+from tests.models.micro.reader import INSTRUCTION, QUESTION, read_cell, read_phrase
+
+SCENES = [sample_scene(random.Random(seed)) for seed in range(400)]
+
+
+@functools.cache
+def _seen(scene: Scene) -> tuple[DetectedObject, ...]:
+    """The analyser's reading of the scene's picture, shared by the caption kinds' tests."""
+    return analyse(render(scene)).objects
+
+
+def test_fixed_grammar_examples() -> None:
+    scene = Scene((ShapeObject(0, "circle", "red", "small"), ShapeObject(1, "square", "blue", "large")))
+    rng = random.Random(0)
+    assert caption_of_kind(scene, "full", rng).text == "a small red circle in the top left and a large blue square in the top middle"
+    assert caption_of_kind(scene, "position", rng).text in {
+        "a red circle to the left of a blue square", "a blue square to the right of a red circle"}
+    assert caption_of_kind(scene, "count", rng) is None  # nothing comes in twos
+    orange = Scene((ShapeObject(8, "triangle", "orange", "large"),))
+    assert caption_of_kind(orange, "layout", rng).text == "a large orange triangle in the bottom right"
+    assert caption_of_kind(orange, "color", rng).text == "an orange triangle"
+
+
+@pytest.mark.parametrize("kind", CAPTION_KINDS)
+def test_captions_are_true_of_their_scene_and_of_its_picture(kind: str) -> None:
+    rng, made = random.Random(kind), 0
+    for scene in SCENES[:150]:
+        caption = caption_of_kind(scene, kind, rng)
+        if caption is None:
+            continue
+        made += 1
+        assert caption.kind == kind and caption.requirements
+        assert all(r.holds(scene.objects) for r in caption.requirements), (caption, scene)
+        assert all(r.holds(_seen(scene)) for r in caption.requirements), (caption, scene)
+    assert made >= 10
+
+
+def test_requirements_can_fail() -> None:
+    scene = Scene((ShapeObject(0, "circle", "red", "small"), ShapeObject(4, "square", "blue", "large")))
+    full = caption_of_kind(scene, "full", random.Random(0))
+    moved = Scene((ShapeObject(2, "circle", "red", "small"), ShapeObject(4, "square", "blue", "large")))
+    assert not all(r.holds(moved.objects) for r in full.requirements)
+    assert not Relation(Pattern("square"), "left of", Pattern("circle")).holds(scene.objects)
+    assert Relation(Pattern("circle"), "above", Pattern("square")).holds(scene.objects)
+    assert not Count(Pattern("circle"), 2).holds(scene.objects)
+    assert not Count(Pattern("circle", color="blue"), 1, at_least=True).holds(scene.objects)
+
+
+def test_questions_have_the_answers_their_scene_gives() -> None:
+    rng, kinds, yes = random.Random(1), Counter(), Counter()
+    for index, scene in enumerate(SCENES):
+        kind = QUESTION_KINDS[index % len(QUESTION_KINDS)]
+        try:
+            pair = sample_question(scene, rng, kind)
+        except ValueError:
+            assert kind == "position"
+            continue
+        kinds[pair.kind] += 1
+        verb, phrase = QUESTION.match(pair.question).groups()
+        read = read_phrase(phrase)
+        if verb in ("what color is", "what shape is", "where is"):
+            (obj,) = read.select(scene)  # names exactly one object
+            attribute = {"what color is": "color", "what shape is": "shape", "where is": "cell"}[verb]
+            assert getattr(read, attribute) is None, "the question names what it asks"
+            assert pair.answer == (CELL_NAMES[obj.cell] if attribute == "cell" else getattr(obj, attribute))
+        elif verb == "how many":
+            assert pair.answer == str(len(read.select(scene)))
+        else:
+            assert pair.answer == ("yes" if read.select(scene) else "no")
+            yes[pair.answer] += 1
+    assert set(kinds) == set(QUESTION_KINDS) and min(kinds.values()) >= 70
+    assert 0.35 < yes["yes"] / sum(yes.values()) < 0.65
+
+
+@pytest.mark.parametrize("kind", EDIT_KINDS)
+def test_edits_do_what_they_say_and_nothing_else(kind: str) -> None:
+    rng, made = random.Random(kind), 0
+    for scene in SCENES[:200]:
+        try:
+            triplet = sample_edit(scene, rng, kind)
+        except ValueError:
+            assert (kind, len(scene.objects)) in {("remove", 1), ("add", 3)}
+            continue
+        made += 1
+        verb, phrase, destination = INSTRUCTION.match(triplet.instruction).groups()
+        source, target = triplet.source, triplet.target
+        assert [o for o in source.objects if o.cell not in triplet.cells] == [
+            o for o in target.objects if o.cell not in triplet.cells]
+        if verb == "add":
+            added = read_phrase(phrase)
+            assert source.at(added.cell) is None and added.number == 1
+            assert target.at(added.cell) == ShapeObject(added.cell, added.shape, added.color, added.size)
+            continue
+        if verb == "make":
+            phrase, _, color = phrase.rpartition(" ")
+        (obj,) = read_phrase(phrase).select(source)
+        assert obj.cell == triplet.cells[0]
+        if verb == "remove":
+            assert target.at(obj.cell) is None and len(target.objects) == len(source.objects) - 1
+        elif verb == "make":
+            assert color != obj.color and target.at(obj.cell) == ShapeObject(obj.cell, obj.shape, color, obj.size)
+        else:
+            cell = read_cell(destination)
+            assert source.at(cell) is None and triplet.cells == (obj.cell, cell)
+            assert target.at(obj.cell) is None and target.at(cell) == ShapeObject(cell, obj.shape, obj.color, obj.size)
+    assert made >= 100
