@@ -22,6 +22,7 @@ BENCHES: dict[str, str] = {
 
 # make-tiny FAMILY → "module:function(out_dir: Path, seed: int) -> Path".
 TINY_FACTORIES: dict[str, str] = {
+    "gemma3": "diptych.models.gemma3.tiny:write_tiny_gemma3",
     "qwen-image": "diptych.models.qwen_image.tiny:write_tiny_qwen_image",
     "qwen-image-edit": "diptych.models.qwen_image.tiny:write_tiny_qwen_image_edit",
 }

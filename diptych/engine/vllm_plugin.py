@@ -16,3 +16,6 @@ def register() -> None:
     from diptych.compat import install
 
     install()
+    from diptych.kernels.vllm_select import register_attention_backend
+
+    register_attention_backend()
