@@ -17,6 +17,7 @@ BENCHES: dict[str, str] = {
     # one line per bench, sorted by name
     "attention": "diptych.bench.attention",
     "flow": "diptych.bench.flow",
+    "load": "diptych.bench.load",
     "quality": "diptych.bench.quality",
 }
 
