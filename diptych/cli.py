@@ -15,6 +15,7 @@ from collections.abc import Sequence
 # Bench name → module; each module exposes add_arguments(parser) and run(args) -> int.
 BENCHES: dict[str, str] = {
     # one line per bench, sorted by name
+    "ar-image": "diptych.bench.ar_image",
     "attention": "diptych.bench.attention",
     "flow": "diptych.bench.flow",
     "load": "diptych.bench.load",
@@ -24,6 +25,7 @@ BENCHES: dict[str, str] = {
 # make-tiny FAMILY → "module:function(out_dir: Path, seed: int) -> Path".
 TINY_FACTORIES: dict[str, str] = {
     "gemma3": "diptych.models.gemma3.tiny:write_tiny_gemma3",
+    "janus-pro": "diptych.models.janus_pro.tiny:write_tiny_janus_pro",
     "qwen-image": "diptych.models.qwen_image.tiny:write_tiny_qwen_image",
     "qwen-image-edit": "diptych.models.qwen_image.tiny:write_tiny_qwen_image_edit",
 }
@@ -75,11 +77,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--queue-depth", dest="queue_depth", type=int)
     serve.add_argument("--request-timeout", dest="request_timeout_s", type=float)
     serve.add_argument("--kv-cache-gib", dest="kv_cache_gib", type=float)
+    serve.add_argument("--max-num-seqs", dest="max_num_seqs", type=int, help="vLLM sequences per step (a guided image is two)")
     serve.add_argument("--max-image-side", dest="max_image_side", type=int)
     serve.add_argument("--max-steps", dest="max_steps", type=int)
     serve.add_argument("--max-n", dest="max_n", type=int)
     serve.add_argument("--max-prompt-tokens", dest="max_prompt_tokens", type=int)
     serve.add_argument("--max-body-bytes", dest="max_body_bytes", type=int)
+    serve.add_argument("--shutdown-timeout", dest="shutdown_timeout_s", type=float,
+                       help="seconds requests in flight get to finish on SIGTERM/SIGINT")
+    serve.add_argument("--remote-image-host", dest="remote_image_hosts", action="append",
+                       help="host http(s) image URLs may name (repeatable; '*.example.com' for subdomains); "
+                       "also DIPTYCH_REMOTE_IMAGE_HOSTS")
+    serve.add_argument("--remote-image-max-bytes", dest="remote_image_max_bytes", type=int)
+    serve.add_argument("--remote-image-timeout", dest="remote_image_timeout_s", type=float)
+    serve.add_argument("--remote-image-max-redirects", dest="remote_image_max_redirects", type=int)
     serve.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=_serve)
 

@@ -5,20 +5,27 @@ wrapper builds it without blocking the event loop, turns Diptych's sampling opti
 vLLM's, streams text deltas, aborts a request whose stream is closed early, and maps
 vLLM's errors onto :mod:`diptych.engine.errors`. It never branches on a model family: the
 caller hands it a vLLM-loadable directory and prompts already rendered by the adapter.
+
+**Crash recovery.** When the engine-core process dies, vLLM fails every open stream with
+``EngineDeadError`` (503 here) and marks the ``AsyncLLM`` errored. A watchdog task sees
+that within a fraction of a second, reports ``restarting``, tears the dead ``AsyncLLM``
+down and builds a new one (a new engine core); requests meanwhile get 503.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from diptych.engine.ar_stats import SchedulerLoad, scheduler_load_logger
+from diptych.engine.children import sigint_blocked
 from diptych.engine.config import EngineConfig
 from diptych.engine.errors import EngineError, EngineUnavailableError, InvalidRequestError, QueueFullError
 from diptych.engine.protocol import HealthState
@@ -32,6 +39,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _GIB = 1 << 30
+_WATCH_INTERVAL_S = 0.2  # how often the watchdog looks at the engine core
+_RESTART_BACKOFF_S = (1.0, 5.0, 15.0, 30.0)  # between failed rebuilds; the last repeats
 _PLUGIN_NAME = "diptych"  # our entry point in the vllm.general_plugins group
 
 
@@ -49,11 +58,20 @@ class ARTextDelta(TextDelta):
 class AREngine:
     """Understanding requests on vLLM; ``start`` once, ``generate`` concurrently, ``shutdown`` once."""
 
-    def __init__(self, model_path: Path, config: EngineConfig, *, enforce_eager: bool = False) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        config: EngineConfig,
+        *,
+        enforce_eager: bool = False,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
         """``model_path``: a directory vLLM loads (see the family adapter's ``prepare_ar_model``).
 
         ``enforce_eager`` skips vLLM's torch.compile warm-up: a faster start, slower decoding.
+        ``options``: extra vLLM engine arguments a family's stage needs (``ARImageStage.engine_options``).
         """
+        self._options = dict(options or {})
         self._model_path = Path(model_path)
         self._config = config
         self._enforce_eager = enforce_eager
@@ -61,6 +79,8 @@ class AREngine:
         self._state: HealthState = "starting"
         self._detail = ""
         self._load = SchedulerLoad()
+        self._watchdog: asyncio.Task[None] | None = None
+        self.restarts = 0
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -69,20 +89,54 @@ class AREngine:
         if self._llm is not None:
             return
         self._state = "starting"
+        await self._start_llm()
+        self._watchdog = asyncio.create_task(self._watch(), name="diptych-ar-watchdog")
+
+    async def _start_llm(self) -> None:
         try:
             box = await asyncio.wait_for(asyncio.to_thread(self._build), timeout=self._config.ar_startup_timeout_s)
             # Emptied at once: modules vLLM imports lazily during the build keep their frames
             # alive, hence the worker thread's frame and its return value. Through the box
             # they keep nothing, so shutdown can really free the AsyncLLM (whose finaliser,
             # left for interpreter exit, would fail there).
-            self._llm = box.pop()
+            llm = box.pop()
         except Exception as exc:
             # A timed-out build keeps running in its thread; the engine stays down regardless.
-            self._state, self._detail = "down", f"AR engine failed to start: {exc!r}"
+            if self._state != "stopping":
+                self._state, self._detail = "down", f"AR engine failed to start: {exc!r}"
             logger.exception("AR engine failed to start from %s", self._model_path)
-            raise EngineUnavailableError(self._detail, code="engine_start_failed") from exc
+            raise EngineUnavailableError(f"AR engine failed to start: {exc!r}", code="engine_start_failed") from exc
+        if self._state == "stopping":  # shutdown began while it was building
+            await _close(llm)
+            raise EngineUnavailableError("AR engine is stopping", code="engine_unavailable")
+        self._llm = llm
         self._state, self._detail = "ok", ""
         logger.info("AR engine ready: %s", self._model_path)
+
+    async def _watch(self) -> None:
+        """Rebuild the engine when its core process dies; runs until shutdown."""
+        while self._state != "stopping":
+            await asyncio.sleep(_WATCH_INTERVAL_S)
+            llm = self._llm
+            if llm is None or self._state != "ok" or not llm.errored:
+                continue
+            logger.error("AR engine core died; rebuilding the engine")
+            self._state, self._detail = "restarting", "AR engine core died; restarting it"
+            self._llm = None
+            self._load.running = self._load.waiting = 0  # nothing runs in a dead core
+            await _close(llm)
+            for attempt in itertools.count():
+                self.restarts += 1
+                self._state = "restarting"
+                try:
+                    await self._start_llm()
+                    break
+                except EngineUnavailableError:
+                    if self._state == "stopping":
+                        return
+                await asyncio.sleep(_RESTART_BACKOFF_S[min(attempt, len(_RESTART_BACKOFF_S) - 1)])
+                if self._state == "stopping":
+                    return
 
     def _build(self) -> list[AsyncLLM]:
         from diptych.compat import install
@@ -108,26 +162,25 @@ class AREngine:
             # Scheduler stats feed health and the abort check; request logging stays off.
             disable_log_stats=False,
             enable_log_requests=False,
+            **self._options,
         )
-        return [AsyncLLM.from_engine_args(args, stat_loggers=[scheduler_load_logger(self._load)])]
+        # Its engine core (forked or spawned now) inherits the block: Ctrl+C is the gateway's.
+        with sigint_blocked():
+            return [AsyncLLM.from_engine_args(args, stat_loggers=[scheduler_load_logger(self._load)])]
 
     async def shutdown(self) -> None:
         """Stop the engine core process and release the KV cache."""
         self._state = "stopping"
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            # A rebuild under way finishes and closes what it built (see _start_llm).
+            await asyncio.wait({watchdog}, timeout=self._config.ar_startup_timeout_s)
+            watchdog.cancel()
+            await asyncio.gather(watchdog, return_exceptions=True)
         llm, self._llm = self._llm, None
         if llm is None:
             return
-        from vllm.v1.engine.exceptions import EngineDeadError
-
-        # Stop reading outputs first: otherwise the reader sees the core exit and logs it as a crash.
-        handler = llm.output_handler
-        if handler is not None:
-            handler.cancel()
-            await asyncio.gather(handler, return_exceptions=True)
-        # Streams still open would wait forever for outputs nobody reads now: fail them
-        # (they surface as EngineUnavailableError), as vLLM does when its core dies.
-        llm.output_processor.propagate_error(EngineDeadError())
-        await asyncio.to_thread(llm.shutdown)
+        await _close(llm)
         logger.info("AR engine stopped")
 
     # ----------------------------------------------------------------- health
@@ -135,12 +188,13 @@ class AREngine:
     @property
     def health_state(self) -> HealthState:
         if self._state == "ok" and self._llm is not None and self._llm.errored:
-            return "down"
+            # Dead since the watchdog last looked: it restarts the engine (or none runs: down).
+            return "restarting" if self._watchdog is not None else "down"
         return self._state
 
     @property
     def health_detail(self) -> str:
-        if self.health_state == "down" and not self._detail:
+        if self.health_state in ("down", "restarting") and not self._detail:
             return "AR engine core died"
         return self._detail
 
@@ -168,7 +222,12 @@ class AREngine:
         """
         llm = self._require_running()
         params = _sampling_params(sampling)
-        engine_input = await _render(llm, prompt)
+        try:
+            engine_input = await _render(llm, prompt)
+        except Exception as exc:
+            if died := self._died_meanwhile(llm):
+                raise died from exc
+            raise
         stream = llm.generate(engine_input, params, request_id)
         prompt_tokens = completion_tokens = 0
         try:
@@ -178,7 +237,7 @@ class AREngine:
                 except StopAsyncIteration:
                     raise EngineError(f"request {request_id} ended without finishing") from None
                 except Exception as exc:
-                    mapped = _map_error(exc)
+                    mapped = self._died_meanwhile(llm) or _map_error(exc)
                     if mapped is exc:
                         raise
                     raise mapped from exc
@@ -203,13 +262,68 @@ class AREngine:
             # Unfinished (closed early, cancelled, failed): vLLM's generator aborts on close.
             await stream.aclose()
 
+    def _died_meanwhile(self, llm: AsyncLLM) -> EngineUnavailableError | None:
+        """The error for a request whose engine died (or was replaced) while it ran, if that happened.
+
+        A request cut off by the death of its engine core is a 503, whatever exception the
+        half-torn-down engine raised at it.
+        """
+        if llm.errored or llm is not self._llm:
+            return EngineUnavailableError("AR engine core died; the request was not completed", code="engine_dead")
+        return None
+
+    async def generate_tokens(
+        self, prompt_token_ids: Sequence[int], sampling: Mapping[str, Any], request_id: str
+    ) -> list[int]:
+        """All output token ids of one request given as token ids (``sampling``: ``SamplingParams`` arguments).
+
+        For AR image stages: no detokenisation, no streaming. Closing early aborts it in vLLM.
+        """
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        llm = self._require_running()
+        params = SamplingParams(**sampling, output_kind=RequestOutputKind.FINAL_ONLY)
+        engine_input = await _render(llm, ChatPrompt(text="", images=()), token_ids=list(prompt_token_ids))
+        stream = llm.generate(engine_input, params, request_id)
+        try:
+            async for output in stream:
+                if output.finished:
+                    _finish_reason(output.outputs[0].finish_reason, request_id)  # raises if aborted
+                    return list(output.outputs[0].token_ids)
+        except EngineError:
+            raise
+        except Exception as exc:
+            mapped = _map_error(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+        finally:
+            await stream.aclose()
+        raise EngineError(f"request {request_id} ended without finishing")
+
     def _require_running(self) -> AsyncLLM:
         if self._llm is None or self.health_state != "ok":
             raise EngineUnavailableError(f"AR engine is {self.health_state}", code="engine_unavailable")
         return self._llm
 
 
-async def _render(llm: AsyncLLM, prompt: ChatPrompt) -> Any:
+async def _close(llm: AsyncLLM) -> None:
+    """Stop an ``AsyncLLM`` (alive or with a dead core) and fail the streams it still has open."""
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    # Stop reading outputs first: otherwise the reader sees the core exit and logs it as a crash.
+    handler = llm.output_handler
+    if handler is not None:
+        handler.cancel()
+        await asyncio.gather(handler, return_exceptions=True)
+    # Streams still open would wait forever for outputs nobody reads now: fail them
+    # (they surface as EngineUnavailableError), as vLLM does when its core dies.
+    llm.output_processor.propagate_error(EngineDeadError())
+    await asyncio.to_thread(llm.shutdown)
+
+
+async def _render(llm: AsyncLLM, prompt: ChatPrompt, *, token_ids: list[int] | None = None) -> Any:
     """Tokenise and run the multimodal processor (image → patches, placeholders expanded).
 
     vLLM's renderer does this off the event loop; passing raw prompts to ``generate``
@@ -217,7 +331,7 @@ async def _render(llm: AsyncLLM, prompt: ChatPrompt) -> Any:
     """
     from vllm.renderers.inputs.preprocess import parse_model_prompt
 
-    inputs: dict[str, Any] = {"prompt": prompt.text}
+    inputs: dict[str, Any] = {"prompt": prompt.text} if token_ids is None else {"prompt_token_ids": token_ids}
     if prompt.images:
         inputs["multi_modal_data"] = {"image": list(prompt.images)}
     try:

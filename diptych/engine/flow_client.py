@@ -1,23 +1,34 @@
 """The gateway side of the flow decoder: starts the worker process and streams its events.
 
-A reader thread moves worker messages onto per-request asyncio queues; nothing here
-blocks the event loop. When the worker dies, every request in flight fails with
-:class:`EngineUnavailableError` and the worker is restarted.
+Requests go to the worker over a ``multiprocessing`` queue; its messages come back over a
+one-way pipe of which the worker holds the only write end, so the reader thread sees
+end-of-file the moment the worker dies (even half-way through a message). Nothing here
+blocks the event loop: the reader hands every message to the loop, in order.
+
+**Crash recovery.** When the worker dies, every request in flight fails at once with
+:class:`EngineUnavailableError` (503), health says ``restarting``, and a new worker is
+spawned (with backoff if that fails too); health is ``ok`` again once it is ready.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import multiprocessing as mp
-import queue
 import threading
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
+from diptych.engine.children import sigint_blocked
 from diptych.engine.config import EngineConfig
-from diptych.engine.errors import EngineError, EngineUnavailableError, InvalidRequestError
+from diptych.engine.errors import (
+    EngineError,
+    EngineUnavailableError,
+    InvalidRequestError,
+)
 from diptych.engine.flow_messages import (
     Abort,
     Fatal,
@@ -35,6 +46,14 @@ from diptych.engine.types import ImageEvent, ImageRequest, ImagesFinished
 logger = logging.getLogger(__name__)
 
 _Item = ImageEvent | EngineError
+_RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # between failed restarts; the last repeats
+
+
+@dataclass(frozen=True)
+class _Worker:
+    process: Any  # multiprocessing's SpawnProcess
+    inbox: Any  # multiprocessing Queue: gateway → worker
+    outbox: Any  # read end of a one-way Pipe: worker → gateway
 
 
 class FlowClient:
@@ -42,14 +61,12 @@ class FlowClient:
         self._config = config
         self._log_level = log_level
         self._ctx = mp.get_context("spawn")
-        self._process: Any = None
-        self._inbox: Any = None
-        self._outbox: Any = None
-        self._reader: threading.Thread | None = None
+        self._worker: _Worker | None = None
         self._streams: dict[str, asyncio.Queue[_Item]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._state: HealthState = "starting"
         self._stopping = False
+        self._restarting: asyncio.Task[None] | None = None
         self.active_requests = 0
         self.active_images = 0
         self.steps_total = 0
@@ -59,70 +76,83 @@ class FlowClient:
     def health_state(self) -> HealthState:
         return self._state
 
+    @property
+    def worker_pid(self) -> int | None:
+        return self._worker.process.pid if self._worker is not None else None
+
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        await asyncio.to_thread(self._spawn_and_wait)
+        await self._launch()
 
-    def _spawn_and_wait(self) -> None:
-        self._state = "starting"
-        self._inbox = self._ctx.Queue()
-        self._outbox = self._ctx.Queue()
-        self._process = self._ctx.Process(
+    async def _launch(self) -> None:
+        try:
+            worker = await asyncio.to_thread(self._spawn_and_wait)
+        except EngineUnavailableError:
+            self._state = "stopping" if self._stopping else "down"
+            raise
+        if self._stopping:  # shutdown began while the worker was loading
+            await asyncio.to_thread(_stop_process, worker, 0)
+            raise EngineUnavailableError("the flow decoder is stopping")
+        self._worker = worker
+        self._state = "ok"
+        threading.Thread(target=self._read, args=(worker,), name="diptych-flow-reader", daemon=True).start()
+        logger.info("flow worker ready (pid %s)", worker.process.pid)
+
+    def _spawn_and_wait(self) -> _Worker:
+        inbox = self._ctx.Queue()
+        outbox, worker_end = self._ctx.Pipe(duplex=False)
+        process = self._ctx.Process(
             target=worker_main,
-            args=(str(self._config.model_dir), self._config.device, self._inbox, self._outbox, self._log_level),
+            args=(str(self._config.model_dir), self._config.device, inbox, worker_end, self._log_level),
             name="diptych-flow-worker",
             daemon=True,
         )
-        self._process.start()
+        with sigint_blocked():  # Ctrl+C is the gateway's to handle (children.py)
+            process.start()
+        worker_end.close()  # the worker now holds the only write end: its death is our EOF
+        worker = _Worker(process, inbox, outbox)
         deadline = time.monotonic() + self._config.ar_startup_timeout_s
-        while True:
-            try:
-                message = self._outbox.get(timeout=0.5)
-            except queue.Empty:
-                if not self._process.is_alive():
-                    self._state = "down"
-                    raise EngineUnavailableError(f"flow worker exited with code {self._process.exitcode} at start-up")
+        try:
+            while True:
+                if self._stopping:
+                    raise EngineUnavailableError("the flow decoder is stopping")
                 if time.monotonic() > deadline:
-                    self._state = "down"
                     raise EngineUnavailableError("flow worker did not become ready in time")
-                continue
-            if isinstance(message, Ready):
-                break
-            if isinstance(message, Fatal):
-                self._state = "down"
-                raise EngineUnavailableError(f"flow worker failed to start: {message.message}")
-        self._state = "ok"
-        self._reader = threading.Thread(target=self._read, name="diptych-flow-reader", daemon=True)
-        self._reader.start()
-        logger.info("flow worker ready (pid %s)", self._process.pid)
+                if not outbox.poll(0.5):
+                    continue
+                try:
+                    message = outbox.recv()
+                except (EOFError, OSError):
+                    process.join(5)
+                    raise EngineUnavailableError(
+                        f"flow worker exited with code {process.exitcode} at start-up"
+                    ) from None
+                if isinstance(message, Ready):
+                    return worker
+                if isinstance(message, Fatal):
+                    raise EngineUnavailableError(f"flow worker failed to start: {message.message}")
+        except BaseException:
+            _stop_process(worker, timeout_s=5)
+            raise
 
     # -- the reader thread --------------------------------------------------------------
-    def _read(self) -> None:
-        outbox, process = self._outbox, self._process
+    def _read(self, worker: _Worker) -> None:
+        loop = self._loop
+        assert loop is not None
         while True:
             try:
-                message = outbox.get(timeout=0.5)
-            except queue.Empty:
-                if process.is_alive():
-                    continue
-                break
+                message = worker.outbox.recv()
             except (EOFError, OSError):
+                break  # the worker exited: every write end is closed
+            except Exception:
+                logger.exception("unreadable message from the flow worker; restarting it")
+                worker.process.kill()
                 break
-            self._dispatch(message)
-        if not self._stopping:
-            logger.error("flow worker died (exit code %s); restarting", process.exitcode)
-            self._state = "down"
-            self._fail_all(EngineUnavailableError("the flow decoder worker died; the request was not completed"))
-            self._restart()
+            loop.call_soon_threadsafe(self._dispatch, message)
+        worker.process.join(5)
+        loop.call_soon_threadsafe(self._worker_exited, worker)
 
-    def _restart(self) -> None:
-        self.restarts += 1
-        self.active_requests = self.active_images = 0
-        try:
-            self._spawn_and_wait()
-        except EngineError:
-            logger.exception("flow worker restart failed")
-
+    # -- on the event loop ----------------------------------------------------------------
     def _dispatch(self, message: Any) -> None:
         if isinstance(message, WorkerStats):
             self.active_requests = message.active_requests
@@ -138,22 +168,53 @@ class FlowClient:
 
     def _deliver(self, request_id: str, item: _Item) -> None:
         stream = self._streams.get(request_id)
-        if stream is not None and self._loop is not None:
-            self._loop.call_soon_threadsafe(stream.put_nowait, item)
+        if stream is not None:
+            stream.put_nowait(item)
 
-    def _fail_all(self, error: EngineError) -> None:
-        for request_id in list(self._streams):
-            self._deliver(request_id, error)
+    def _worker_exited(self, worker: _Worker) -> None:
+        if worker is not self._worker or self._stopping:
+            return  # an orderly shutdown, or a worker already replaced
+        logger.error("flow worker (pid %s) died with exit code %s; failing %d request(s) and restarting it",
+                     worker.process.pid, worker.process.exitcode, len(self._streams))
+        self._worker = None
+        self._state = "restarting"
+        _abandon(worker)
+        self.active_requests = self.active_images = 0
+        # On the loop, like run(): a request either registered before this (and fails now)
+        # or sees the state and is refused; none can wait on the dead worker.
+        error = EngineUnavailableError("the flow decoder worker died; the request was not completed",
+                                       code="engine_restarting")
+        for stream in self._streams.values():
+            stream.put_nowait(error)
+        self._restarting = asyncio.ensure_future(self._restart())
+
+    async def _restart(self) -> None:
+        for attempt in itertools.count():
+            self._state = "restarting"
+            self.restarts += 1
+            try:
+                await self._launch()
+                logger.info("flow worker restarted")
+                return
+            except EngineUnavailableError:
+                if self._stopping:
+                    return
+                logger.exception("flow worker restart failed")
+            await asyncio.sleep(_RESTART_BACKOFF_S[min(attempt, len(_RESTART_BACKOFF_S) - 1)])
+            if self._stopping:
+                return
 
     # -- requests -------------------------------------------------------------------------
     async def run(self, request: ImageRequest) -> AsyncIterator[ImageEvent]:
-        if self._state != "ok":
-            raise EngineUnavailableError(f"the flow decoder is {self._state}")
+        worker = self._worker
+        if self._state != "ok" or worker is None:
+            raise EngineUnavailableError(f"the flow decoder is {self._state}",
+                                         code="engine_restarting" if self._state == "restarting" else None)
         stream: asyncio.Queue[_Item] = asyncio.Queue()
         self._streams[request.request_id] = stream
         finished = False
         try:
-            self._inbox.put(Submit(request))
+            worker.inbox.put(Submit(request))
             while True:
                 item = await stream.get()
                 if isinstance(item, EngineError):
@@ -165,19 +226,42 @@ class FlowClient:
                     return
         finally:
             del self._streams[request.request_id]
-            if not finished and self._state == "ok":
+            if not finished and worker is self._worker:
                 # The client went away or the deadline passed: drop the job before its next step.
-                self._inbox.put(Abort(request.request_id))
+                worker.inbox.put(Abort(request.request_id))
 
     async def shutdown(self, timeout_s: float = 10.0) -> None:
         self._stopping = True
         self._state = "stopping"
-        if self._process is None:
-            return
-        if self._process.is_alive():
-            self._inbox.put(Shutdown())
-            await asyncio.to_thread(self._process.join, timeout_s)
-        if self._process.is_alive():
-            self._process.terminate()
-            await asyncio.to_thread(self._process.join, 5)
+        if self._restarting is not None and not self._restarting.done():
+            # A spawn under way notices _stopping within half a second and stops its worker.
+            await asyncio.gather(self._restarting, return_exceptions=True)
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            if worker.process.is_alive():
+                worker.inbox.put(Shutdown())
+            await asyncio.to_thread(_stop_process, worker, timeout_s)
+        error = EngineUnavailableError("the flow decoder stopped before the request finished", code="shutting_down")
+        for stream in self._streams.values():
+            stream.put_nowait(error)
         self._state = "down"
+
+
+def _stop_process(worker: _Worker, timeout_s: float) -> None:
+    """Wait for the worker to exit (it was asked to), then terminate, then kill it."""
+    process = worker.process
+    process.join(timeout_s)
+    if process.is_alive():
+        process.terminate()
+        process.join(5)
+    if process.is_alive():
+        process.kill()
+        process.join(5)
+    _abandon(worker)
+
+
+def _abandon(worker: _Worker) -> None:
+    """Release a dead worker's queue and pipe; a feeder thread stuck on it must not block exit."""
+    worker.inbox.cancel_join_thread()
+    worker.inbox.close()
+    worker.outbox.close()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing.connection
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +21,22 @@ PROCESS_NAME = "diptych-flow"
 
 
 def worker_main(model_dir: str, device: str, inbox: Any, outbox: Any, log_level: str = "INFO") -> None:
+    """``inbox``: a multiprocessing queue of :data:`Inbound`; ``outbox``: the write end of a pipe."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s flow-worker %(levelname)s %(message)s")
     _name_process(PROCESS_NAME)
+    _exit_with_parent()
     try:
         from diptych.models.registry import load_adapter
 
         runner = load_adapter(Path(model_dir)).build_flow_runner(device)
     except Exception as exc:
         logger.exception("flow worker failed to load %s", model_dir)
-        outbox.put(Fatal(f"{type(exc).__name__}: {exc}"))
+        outbox.send(Fatal(f"{type(exc).__name__}: {exc}"))
         return
     budget = default_budget(device)  # after loading: the weights are not free memory
     logger.info("flow worker budget: %s", budget)
-    outbox.put(Ready())
-    FlowScheduler(runner, outbox.put, budget).run(inbox)
+    outbox.send(Ready())
+    FlowScheduler(runner, outbox.send, budget).run(inbox)
     logger.info("flow worker stopped")
 
 
@@ -41,3 +46,16 @@ def _name_process(name: str) -> None:
             comm.write(name[:15])
     except OSError:
         logger.debug("cannot set the process name on this platform")
+
+
+def _exit_with_parent() -> None:
+    """Exit when the gateway dies (even by SIGKILL) instead of lingering with the device."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()

@@ -7,12 +7,14 @@ a stream aborts the engine request) and the checks every request passes before c
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import TYPE_CHECKING, TypeVar
 
 from diptych.engine.admission import AdmissionGate
+from diptych.engine.ar_images import generate_codes
 from diptych.engine.config import EngineConfig
 from diptych.engine.errors import (
     CapabilityError,
@@ -23,7 +25,7 @@ from diptych.engine.errors import (
 from diptych.engine.flow_client import FlowClient
 from diptych.engine.protocol import EngineStats, Health, HealthState
 from diptych.engine.types import ChatEvent, ChatFinished, ChatRequest, ImageEvent, ImageRequest
-from diptych.models.base import ChatPrompt, FamilyAdapter, ModelCard
+from diptych.models.base import ChatPrompt, FamilyAdapter, ModelCard, ar_image_stage_of
 
 if TYPE_CHECKING:
     from diptych.engine.ar_engine import AREngine
@@ -49,6 +51,7 @@ class Orchestrator:
         )
         self._ar = ar
         self._flow = flow
+        self._ar_images = ar_image_stage_of(adapter)
         self._chat_gate = AdmissionGate("chat", config.limits.queue_depth)
         self._image_gate = AdmissionGate("image", config.limits.queue_depth)
         self._generated_tokens = 0
@@ -84,6 +87,8 @@ class Orchestrator:
             state = "stopping"
         elif states == {"ok"}:
             state = "ok"
+        elif "restarting" in states and "down" not in states:
+            state = "restarting"  # crash recovery under way (ar_engine.py, flow_client.py)
         elif "starting" in states and "down" not in states:
             state = "starting"
         elif "ok" in states:
@@ -140,9 +145,24 @@ class Orchestrator:
                 await self._check_prompt_length(text, param)
         with self._image_gate.admit():
             deadline = asyncio.get_running_loop().time() + self._config.limits.request_timeout_s
-            async with aclosing(_until(self._flow.run(request), deadline)) as events:
+            async with aclosing(_until(self._image_events(request), deadline)) as events:
                 async for event in events:
                     yield event
+
+    async def _image_events(self, request: ImageRequest) -> AsyncIterator[ImageEvent]:
+        """The family's image stages: AR image tokens first if it has them, then the flow worker."""
+        assert self._flow is not None
+        if self._ar_images is not None:
+            if self._ar is None:
+                raise EngineUnavailableError("this model generates images on the AR engine, which is not running")
+            try:
+                codes = await generate_codes(self._ar, self._ar_images, request)
+            except ValueError as exc:
+                raise InvalidRequestError(str(exc)) from exc
+            request = dataclasses.replace(request, image_codes=codes)
+        async with aclosing(self._flow.run(request)) as events:
+            async for event in events:
+                yield event
 
     async def _check_prompt_length(self, prompt: ChatPrompt | str, param: str) -> None:
         limit = self._config.limits.max_prompt_tokens
@@ -200,7 +220,8 @@ def build_orchestrator(config: EngineConfig, adapter: FamilyAdapter, *, log_leve
         ar_dir = adapter.prepare_ar_model(config.cache_dir / "staging")
         if ar_dir is None:
             raise ValueError(f"{adapter.family} declares understanding but has no AR model")
-        ar = AREngine(ar_dir, config)
+        stage = ar_image_stage_of(adapter)
+        ar = AREngine(ar_dir, config, options=stage.engine_options(config.max_model_len) if stage is not None else None)
     flow = FlowClient(config, log_level=log_level) if capabilities.generate or capabilities.edit else None
     return Orchestrator(config, adapter, ar=ar, flow=flow)
 

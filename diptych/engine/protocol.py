@@ -9,7 +9,8 @@ from typing import Literal, Protocol
 from diptych.engine.types import ChatEvent, ChatRequest, ImageEvent, ImageRequest
 from diptych.models.base import ModelCard
 
-HealthState = Literal["starting", "ok", "degraded", "down", "stopping"]
+# restarting: a component died and is being replaced on its own; its requests got 503.
+HealthState = Literal["starting", "ok", "degraded", "restarting", "down", "stopping"]
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,12 @@ class ImageRequest:
     source_images: tuple[Image.Image, ...] = ()
     mask: Image.Image | None = None
     partial_images: int = 0
+    # Sampling of AR image tokens (families that generate images token by token).
+    temperature: float = 1.0
+    top_k: int = 0  # 0: no top-k truncation
+    top_p: float = 1.0
+    # Set by the orchestrator for such families: each image's codes from the AR engine, for the flow worker to decode.
+    image_codes: tuple[tuple[int, ...], ...] = ()
 
     @property
     def is_edit(self) -> bool:

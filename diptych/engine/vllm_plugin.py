@@ -16,6 +16,16 @@ def register() -> None:
     from diptych.compat import install
 
     install()
+    _register_models()
     from diptych.kernels.vllm_select import register_attention_backend
 
     register_attention_backend()
+
+
+def _register_models() -> None:
+    """Our out-of-tree vLLM models, by "module:Class" so that nothing is imported until used."""
+    from vllm import ModelRegistry
+
+    janus = "diptych.models.janus_pro.vllm_model:JanusForConditionalGeneration"
+    if "JanusForConditionalGeneration" not in ModelRegistry.get_supported_archs():
+        ModelRegistry.register_model("JanusForConditionalGeneration", janus)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -113,6 +113,40 @@ class FlowRunner(Protocol[S]):
         ...
 
 
+@dataclass(frozen=True)
+class ARSequence:
+    """One AR-engine request of an image: prompt token ids and vLLM ``SamplingParams`` arguments."""
+
+    prompt_token_ids: tuple[int, ...]
+    sampling: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ARImageJob:
+    """The AR sequences that generate one image together (e.g. a guidance pair); the first one's tokens are the image."""
+
+    sequences: tuple[ARSequence, ...]
+
+
+class ARImageStage(Protocol):
+    """A family that generates images as discrete tokens on the AR engine; the flow worker then decodes them.
+
+    The orchestrator runs every job of :meth:`plan` on the AR engine, turns each job's tokens
+    into codes with :meth:`codes` (None: the job did not complete as planned, run it again),
+    and hands the codes to the flow worker in ``ImageRequest.image_codes``.
+    """
+
+    def engine_options(self, max_model_len: int) -> Mapping[str, Any]:
+        """Extra vLLM engine arguments this stage needs (e.g. logits processors)."""
+        ...
+
+    def plan(self, request: ImageRequest) -> list[ARImageJob]:
+        """One job per image of ``request``; ``ValueError`` for a request the family cannot do."""
+        ...
+
+    def codes(self, token_ids: Sequence[int]) -> tuple[int, ...] | None: ...
+
+
 class FamilyAdapter(Protocol):
     """The only place that knows a checkpoint's layout."""
 
@@ -135,3 +169,11 @@ class FamilyAdapter(Protocol):
     def build_flow_runner(self, device: str) -> FlowRunner[Any]:
         """Load the generation stages; called inside the flow worker process."""
         ...
+
+    # Optional: ``ar_image_stage(self) -> ARImageStage | None``, for families whose images are AR
+    # tokens (see :func:`ar_image_stage_of`); families without it generate in the flow worker.
+
+
+def ar_image_stage_of(adapter: FamilyAdapter) -> ARImageStage | None:
+    method = getattr(adapter, "ar_image_stage", None)
+    return None if method is None else method()

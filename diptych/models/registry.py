@@ -10,6 +10,7 @@ from diptych.models.base import FamilyAdapter
 
 # Architecture name → "module:Class". Modules are imported only when a checkpoint needs them.
 _ADAPTERS: dict[str, str] = {
+    "JanusForConditionalGeneration": "diptych.models.janus_pro.adapter:JanusProAdapter",
     "QwenImagePipeline": "diptych.models.qwen_image.adapter:QwenImageAdapter",
     "QwenImageEditPipeline": "diptych.models.qwen_image.adapter:QwenImageAdapter",
 }

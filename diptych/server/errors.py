@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from diptych.engine.errors import (
     CapabilityError,
@@ -117,6 +118,13 @@ def install_error_handlers(app: FastAPI) -> None:
         if api.status >= 500:
             logger.error("engine error: %s", exc.message)
         return error_response(api.status, api.message, param=api.param, code=api.code, headers=api.headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(_: Request, exc: ClientDisconnect) -> JSONResponse:
+        # The client hung up while sending its body: nobody will read an answer, and nothing
+        # failed here. 499 (nginx's "client closed request") keeps it out of the 5xx counts.
+        logger.info("client disconnected before sending its whole request")
+        return error_response(499, "client closed the request", code="client_closed")
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -49,7 +49,10 @@ def run_app(app: FastAPI, settings: Settings, drain: Drain) -> None:
     """Serve ``app`` until SIGTERM or SIGINT, then drain (see shutdown.py) and stop."""
     # uvicorn re-raises the stopping signal once it has shut down, through the handler that was
     # installed before it. A graceful stop is a success: exit 0, as orchestrators expect.
-    signal.signal(signal.SIGTERM, lambda *_: logger.info("stopped by SIGTERM after a graceful shutdown"))
+    # SIGINT too (Ctrl+C): otherwise asyncio's runner turns it into KeyboardInterrupt after the drain.
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop, lambda sig, _: logger.info("stopped by %s after a graceful shutdown",
+                                                        signal.Signals(sig).name))
     # The drain has already waited for requests in flight; uvicorn's own wait is only a backstop.
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             timeout_graceful_shutdown=10)

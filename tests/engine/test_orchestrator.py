@@ -140,3 +140,25 @@ async def test_queue_full_past_the_depth() -> None:
     for stream in running:
         await stream.aclose()
     await drain(engine.images(image_request(request_id="r4")))  # capacity is back
+
+
+@pytest.mark.parametrize(
+    ("ar_state", "flow_state", "expected"),
+    [
+        ("ok", "ok", "ok"),
+        ("ok", "restarting", "restarting"),
+        ("restarting", "ok", "restarting"),
+        ("restarting", "down", "down"),  # one that will not come back by itself outweighs it
+        ("ok", "down", "degraded"),
+        ("starting", "ok", "starting"),
+    ],
+)
+def test_health_reports_a_component_being_replaced(ar_state: str, flow_state: str, expected: str) -> None:
+    class StubAR:
+        health_state = ar_state
+
+    flow = StubFlow()
+    flow.health_state = flow_state
+    engine = Orchestrator(config(), StubAdapter(False), ar=StubAR(), flow=flow)  # type: ignore[arg-type]
+    health = engine.health()
+    assert health.state == expected and health.components == {"ar": ar_state, "flow": flow_state}

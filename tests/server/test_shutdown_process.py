@@ -87,12 +87,15 @@ def wait_in_flight(server: Server, count: int) -> None:
     raise AssertionError("the request never started")
 
 
-def test_sigterm_lets_the_request_in_flight_finish_and_refuses_new_ones(start) -> None:  # noqa: ANN001
+# SIGINT: Ctrl+C, which a terminal sends to the whole process group (tests/e2e/test_crash_recovery.py
+# checks that the engines' processes ignore it).
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_sigterm_lets_the_request_in_flight_finish_and_refuses_new_ones(start, stop: int) -> None:  # noqa: ANN001
     server = start(step_delay=1.5, shutdown_timeout=30)  # a generation takes 2 steps: 3 s
     thread, result = in_background(lambda: httpx.post(f"{server.url}/v1/images/generations",
                                                       json={"prompt": "slow", "n": 2}, timeout=30))
     wait_in_flight(server, 1)
-    server.process.send_signal(signal.SIGTERM)
+    server.process.send_signal(stop)
     time.sleep(0.3)
     refused = httpx.post(f"{server.url}/v1/images/generations", json={"prompt": "late"}, timeout=10)
     health = httpx.get(f"{server.url}/health", timeout=10)

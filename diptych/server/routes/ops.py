@@ -18,7 +18,7 @@ def ops_router(engine: EngineClient, metrics: Metrics, drain: Drain) -> APIRoute
 
     @router.get("/health", response_model=None, responses={
         200: {"model": HealthResponse, "description": "Serving."},
-        503: {"model": HealthResponse, "description": "Starting, degraded, down or stopping."},
+        503: {"model": HealthResponse, "description": "Starting, degraded, restarting, down or stopping."},
     })
     async def health() -> JSONResponse:
         state = engine.health()

@@ -7,7 +7,10 @@ from typing import Literal
 from pydantic import BaseModel
 
 
+_State = Literal["starting", "ok", "degraded", "restarting", "down", "stopping"]
+
+
 class HealthResponse(BaseModel):
-    status: Literal["starting", "ok", "degraded", "down", "stopping"]
-    components: dict[str, Literal["starting", "ok", "degraded", "down", "stopping"]]
+    status: _State
+    components: dict[str, _State]
     model: str

@@ -57,6 +57,9 @@ def engine_request(
         source_images=source_images,
         mask=mask,
         partial_images=options.partial_images if options.stream else 0,
+        temperature=1.0 if options.temperature is None else options.temperature,
+        top_k=options.top_k or 0,
+        top_p=1.0 if options.top_p is None else options.top_p,
     )
 
 

@@ -1,0 +1,122 @@
+"""Janus-Pro end to end: a real server on the tiny checkpoint, the official openai SDK over HTTP.
+
+Images are compared with transformers' ``generate(generation_mode="image")`` + VQ decode
+on the same checkpoint, in this test, converted to pixels as the deepseek-ai/Janus reference does.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import openai
+import pytest
+import torch
+from PIL import Image
+
+from diptych.bench.server_process import ServerProcess, start_server
+
+MODEL = "tiny-janus"
+
+
+@pytest.fixture(scope="module")
+def janus_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from diptych.models.janus_pro.tiny import write_tiny_janus_pro
+
+    return write_tiny_janus_pro(tmp_path_factory.mktemp("ckpt") / "tiny-janus", seed=0)
+
+
+@pytest.fixture(scope="module")
+def janus_server(janus_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    process = start_server(janus_checkpoint, tmp_path_factory.mktemp("janus-server"), "--served-model-name", MODEL)
+    yield process
+    code = process.stop()
+    assert code == 0, f"server exited with {code} on SIGTERM:\n{process.log()}"
+
+
+@pytest.fixture(scope="module")
+def client(janus_server: ServerProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{janus_server.base_url}/v1", api_key="unused", max_retries=0, timeout=300)
+
+
+def _png_data_url(colour: tuple[int, int, int]) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), colour).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _reference_image(checkpoint: Path, prompt: str, guidance_scale: float) -> np.ndarray:
+    from transformers import AutoProcessor, JanusForConditionalGeneration
+
+    from diptych.models.janus_pro.chat_format import generation_prompt
+
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    model = JanusForConditionalGeneration.from_pretrained(checkpoint).eval()
+    inputs = processor(text=[generation_prompt(prompt)], generation_mode="image", return_tensors="pt")
+    with torch.no_grad():
+        tokens = model.generate(**inputs, generation_mode="image", do_sample=False, guidance_scale=guidance_scale)
+        pixels = model.decode_image_tokens(tokens)[0].float().numpy()
+    # deepseek-ai/Janus's conversion (the tiny checkpoint normalises with mean = std = 0.5, as the real one).
+    return np.clip((pixels + 1) / 2 * 255, 0, 255).astype(np.uint8)
+
+
+def test_models_lists_janus_capabilities(client: openai.OpenAI) -> None:
+    (model,) = client.models.list().data
+    extra = model.model_extra or {}
+    assert model.id == MODEL and extra["family"] == "janus-pro"
+    assert extra["capabilities"]["tasks"] == ["understand", "generate"]
+
+
+def test_chat_with_an_image(client: openai.OpenAI) -> None:
+    answers = []
+    for colour in ((220, 20, 20), (20, 20, 220)):
+        completion = client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": [  # type: ignore[list-item]
+                {"type": "image_url", "image_url": {"url": _png_data_url(colour)}},
+                {"type": "text", "text": "What is in this picture?"},
+            ]}],
+            max_tokens=8,
+            temperature=0,
+        )
+        assert completion.usage is not None and completion.usage.completion_tokens >= 1
+        answers.append(completion.choices[0].message.content)
+    assert answers[0] != answers[1]
+
+
+def test_generate_equals_transformers(client: openai.OpenAI, janus_checkpoint: Path) -> None:
+    prompt = "a red cat on a mat"
+    result = client.images.generate(
+        model=MODEL, prompt=prompt, n=2, size="64x64",
+        extra_body={"guidance_scale": 4.0, "temperature": 0.0, "top_k": 1, "seed": 3},
+    )
+    assert result.data is not None and len(result.data) == 2
+    images = [np.asarray(Image.open(io.BytesIO(base64.b64decode(d.b64_json or ""))).convert("RGB")) for d in result.data]
+    expected = _reference_image(janus_checkpoint, prompt, 4.0)
+    for image in images:
+        assert image.shape == (64, 64, 3)
+        assert np.abs(image.astype(int) - expected).max() <= 1  # float rounding before truncation to uint8
+
+
+def test_sampled_generation_follows_the_seed(client: openai.OpenAI) -> None:
+    def sample(seed: int) -> bytes:
+        result = client.images.generate(
+            model=MODEL, prompt="a blue square", size="64x64",
+            extra_body={"temperature": 1.0, "top_k": 100, "top_p": 0.95, "seed": seed},
+        )
+        assert result.data is not None
+        return base64.b64decode(result.data[0].b64_json or "")
+
+    assert sample(5) == sample(5)
+    assert sample(5) != sample(6)
+
+
+def test_edit_is_refused_naming_the_capability(client: openai.OpenAI) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (0, 0, 0)).save(buffer, format="PNG")
+    with pytest.raises(openai.BadRequestError) as info:
+        client.images.edit(model=MODEL, image=("in.png", buffer.getvalue(), "image/png"), prompt="make it red")
+    assert "edit" in str(info.value)
