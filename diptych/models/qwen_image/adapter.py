@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from diptych.engine.types import ChatMessage
 from diptych.models.base import Capabilities, ChatPrompt, FlowRunner
+from diptych.models.qwen_image.source import DEFAULT_SOURCE_AREA, SOURCE_AREA_KEY
 
 _EDIT_PIPELINES = frozenset({"QwenImageEditPipeline"})
 
@@ -29,6 +30,9 @@ class QwenImageAdapter:
         if missing:
             raise ValueError(f"{model_dir}/model_index.json lacks components {missing}")
         self.is_edit = self.pipeline_class in _EDIT_PIPELINES
+        self.source_area = int(index.get(SOURCE_AREA_KEY, DEFAULT_SOURCE_AREA))
+        if self.source_area <= 0:
+            raise ValueError(f"{model_dir}/model_index.json: {SOURCE_AREA_KEY} must be positive, got {self.source_area}")
         self._staged: Path | None = None
 
     def capabilities(self) -> Capabilities:
@@ -81,4 +85,4 @@ class QwenImageAdapter:
     def build_flow_runner(self, device: str) -> FlowRunner[Any]:
         from diptych.models.qwen_image.flow import QwenImageFlowRunner
 
-        return QwenImageFlowRunner(self.model_dir, device)
+        return QwenImageFlowRunner(self.model_dir, device, source_area=self.source_area)

@@ -8,6 +8,10 @@ from PIL import Image
 
 # The edit pipeline brings every source image to about one megapixel, whatever the output size.
 DEFAULT_SOURCE_AREA = 1024 * 1024
+# A checkpoint may declare another area in model_index.json under this key (diffusers ignores
+# keys that start with "_"): the shipped micro model is trained on 64×64 sources, which at one
+# megapixel would cost 4096 transformer tokens per row.
+SOURCE_AREA_KEY = "_diptych_edit_source_area"
 # Source sides are rounded to this multiple.
 _SIDE_MULTIPLE = 32
 

@@ -1,0 +1,252 @@
+"""Stage 2: the Qwen2.5-VL, trained on what it is asked at serving time.
+
+Every example is a prompt exactly as the server builds it, followed by a target whose
+tokens (and the closing ``<|im_end|>``) carry the loss; prompt and padding tokens do not:
+
+* ``vqa`` — a chat as vLLM receives it (``qwen_image.chat.render_chat``): picture and
+  question in, the one- or two-word answer out;
+* ``describe`` — a chat asking for a description; the answer is the scene's full caption
+  (every object with size, colour and cell), so the image tokens must carry the scene;
+* ``edit`` — Qwen-Image-Edit's prompt template with the source picture and the
+  instruction (what the transformer is conditioned on); the answer is the full caption of
+  the *target* scene. The conditioning ends at the assistant header, whose hidden state
+  is then trained to know what the edited picture holds;
+* ``prompt`` — Qwen-Image's text-to-image template, loss on the prompt text itself, so
+  the hidden states the transformer reads are those of a model that has learnt the
+  world's language.
+
+Prompts are tokenised by the processor (images expanded as the server expands them) and
+targets separately, then concatenated: the same ids as tokenising the whole text (tested),
+and what generation produces token by token.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from diptych.bench.shapesbench import answer_matches, vqa_items
+from diptych.engine.types import ChatMessage, ImagePart, TextPart
+from diptych.models.micro.checkpoint import (
+    EDIT_SOURCE_AREA,
+    Architecture,
+    build_vlm,
+    load_processor,
+    save_vlm,
+)
+from diptych.models.micro.data import caption_example, edit_example, vqa_example
+from diptych.models.micro.language import caption_of_kind
+from diptych.models.micro.tokenizer import DESCRIBE_QUESTIONS
+from diptych.models.micro.training import (
+    Budget,
+    LossLog,
+    StageResult,
+    make_optimizer,
+    run_stage,
+)
+from diptych.models.micro.world import Scene, Split
+from diptych.models.qwen_image.chat import render_chat
+from diptych.models.qwen_image.prompt import (
+    EDIT_TEMPLATE,
+    GENERATE_TEMPLATE,
+    template_prefix,
+)
+from diptych.models.qwen_image.source import prepare_source
+
+logger = logging.getLogger(__name__)
+
+# Share of each task in the stream: answering is what is judged; the others shape the
+# hidden states the transformer reads.
+TASK_WEIGHTS: dict[str, float] = {"vqa": 0.5, "describe": 0.15, "edit": 0.2, "prompt": 0.15}
+IGNORE = -100  # label of tokens without loss (F.cross_entropy's ignore_index)
+SEED_STRIDE = 10_000_000
+END_OF_TURN = "<|im_end|>"
+
+
+@dataclass(frozen=True)
+class LMExample:
+    task: str
+    prompt: str  # the full text before the target, as the server renders it
+    images: tuple[Image.Image, ...]
+    target: str  # what the model must produce (its end-of-turn token is appended)
+    # Rotary positions of image tokens: 3-D (row, column) as vLLM computes them for a chat;
+    # sequential, as the server's prompt encoder (like diffusers) computes them for the edit
+    # template: transformers gives 3-D ones only when handed the processor's mm_token_type_ids.
+    vision_positions: bool = False
+
+
+@dataclass(frozen=True)
+class VLMReport:
+    result: StageResult
+    vqa_accuracy: float | None
+    vqa_by_kind: dict[str, float]
+
+    def summary(self) -> dict[str, object]:
+        return {"steps": self.result.steps, "seconds": round(self.result.seconds, 1), **self.result.final_losses,
+                "vqa_accuracy": self.vqa_accuracy, "vqa_by_kind": self.vqa_by_kind}
+
+
+def full_caption(scene: Scene) -> str:
+    caption = caption_of_kind(scene, "full", random.Random(0))  # "full" draws nothing from the rng
+    if caption is None:  # cannot happen: every scene has a full caption
+        raise RuntimeError(f"no full caption for {scene}")
+    return caption.text
+
+
+def chat_prompt(processor: Any, image: Image.Image, question: str) -> str:
+    message = ChatMessage(role="user", content=(ImagePart(image), TextPart(question)))
+    return render_chat(processor, (message,)).text
+
+
+def make_example(processor: Any, task: str, index: int) -> LMExample:
+    if task == "vqa":
+        vqa = vqa_example(Split.TRAIN, index)
+        return LMExample(task, chat_prompt(processor, vqa.image, vqa.pair.question), (vqa.image,), vqa.pair.answer,
+                         vision_positions=True)
+    if task == "describe":
+        described = caption_example(Split.TRAIN, index, kind="full")
+        question = DESCRIBE_QUESTIONS[index % len(DESCRIBE_QUESTIONS)]
+        return LMExample(task, chat_prompt(processor, described.image, question), (described.image,),
+                         described.caption.text, vision_positions=True)
+    if task == "edit":
+        edit = edit_example(Split.TRAIN, index)
+        source = prepare_source(edit.source_image, EDIT_SOURCE_AREA)
+        prompt = EDIT_TEMPLATE.format(edit.triplet.instruction)
+        return LMExample(task, prompt, (source,), full_caption(edit.triplet.target))
+    if task == "prompt":
+        caption = caption_example(Split.TRAIN, index).caption
+        return LMExample(task, template_prefix(GENERATE_TEMPLATE), (), caption.text)
+    raise ValueError(f"unknown task {task!r}; tasks are {sorted(TASK_WEIGHTS)}")
+
+
+def batch_examples(processor: Any, seed: int, step: int, batch_size: int) -> list[LMExample]:
+    """Batch ``step``: tasks drawn by weight, example indices unique to (seed, step, position)."""
+    rng = random.Random(f"diptych-micro/vlm/{seed}/{step}")
+    tasks = rng.choices(list(TASK_WEIGHTS), weights=list(TASK_WEIGHTS.values()), k=batch_size)
+    base = seed * SEED_STRIDE + step * batch_size
+    return [make_example(processor, task, base + j) for j, task in enumerate(tasks)]
+
+
+def target_labels(prompt_ids: Sequence[int], target_ids: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Input ids of prompt + target and their labels: the target's own ids, ``IGNORE`` over the prompt."""
+    return [*prompt_ids, *target_ids], [IGNORE] * len(prompt_ids) + list(target_ids)
+
+
+def collate(processor: Any, examples: Sequence[LMExample], model: Any) -> dict[str, torch.Tensor]:
+    """Right-padded ids, attention mask, labels, rotary positions, and the images' patches in example order."""
+    tokenizer = processor.tokenizer
+    rows, labels, positions, pixel_values, grids = [], [], [], [], []
+    for example in examples:
+        encoded = processor(text=[example.prompt], images=list(example.images) or None, return_tensors="pt")
+        target = tokenizer(example.target + END_OF_TURN, add_special_tokens=False)["input_ids"]
+        ids, row_labels = target_labels(encoded["input_ids"][0].tolist(), target)
+        rows.append(ids)
+        labels.append(row_labels)
+        if example.vision_positions and example.images:
+            types = torch.cat([encoded["mm_token_type_ids"][0], torch.zeros(len(target), dtype=torch.long)])
+            row_positions, _ = model.model.get_rope_index(torch.tensor([ids]), image_grid_thw=encoded["image_grid_thw"],
+                                                          mm_token_type_ids=types[None])
+            positions.append(row_positions[:, 0])
+        else:
+            positions.append(torch.arange(len(ids)).expand(3, -1))
+        if example.images:
+            pixel_values.append(encoded["pixel_values"])
+            grids.append(encoded["image_grid_thw"])
+    longest = max(len(ids) for ids in rows)
+    pad = tokenizer.pad_token_id
+    position_ids = torch.zeros(3, len(rows), longest, dtype=torch.long)
+    for row, row_positions in enumerate(positions):
+        position_ids[:, row, : row_positions.shape[1]] = row_positions
+    batch = {
+        "input_ids": torch.tensor([ids + [pad] * (longest - len(ids)) for ids in rows]),
+        "attention_mask": torch.tensor([[1] * len(ids) + [0] * (longest - len(ids)) for ids in rows]),
+        "position_ids": position_ids,
+        "labels": torch.tensor([row + [IGNORE] * (longest - len(row)) for row in labels]),
+    }
+    if pixel_values:
+        batch["pixel_values"] = torch.cat(pixel_values)
+        batch["image_grid_thw"] = torch.cat(grids)
+    return batch
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy: position t predicts label t+1; ``IGNORE`` labels add nothing."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
+
+
+@torch.no_grad()
+def task_losses(logits: torch.Tensor, labels: torch.Tensor, tasks: Sequence[str]) -> dict[str, float]:
+    """Mean loss per answer token of each task in the batch, for the log (which task is learnt when)."""
+    shifted = labels[:, 1:]
+    per_token = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), shifted, ignore_index=IGNORE, reduction="none")
+    sums: dict[str, list[float]] = {}
+    for row, task in enumerate(tasks):
+        valid = shifted[row] != IGNORE
+        sums.setdefault(task, [0.0, 0.0])
+        sums[task][0] += float(per_token[row][valid].sum())
+        sums[task][1] += float(valid.sum())
+    return {f"loss_{task}": total / max(count, 1.0) for task, (total, count) in sorted(sums.items())}
+
+
+def train_vlm(out: Path, arch: Architecture, budget: Budget, seed: int, log: LossLog, *, eval_items: int = 40,
+              show_progress: bool = True) -> VLMReport:
+    processor = load_processor(out)
+    torch.manual_seed(seed)
+    model = build_vlm(arch, processor.tokenizer)
+    model.train()
+    optimizer = make_optimizer(model, budget)
+
+    def step_fn(step: int) -> dict[str, float]:
+        examples = batch_examples(processor, seed, step, budget.batch_size)
+        batch = collate(processor, examples, model)
+        labels = batch.pop("labels")
+        logits = model(**batch).logits
+        loss = lm_loss(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if eval_items and budget.eval_every and (step + 1) % budget.eval_every == 0 and step + 1 < budget.steps:
+            accuracy, by_kind = evaluate_vqa(model, processor, eval_items)
+            log.write({"stage": "vlm", "event": "eval", "step": step + 1, "vqa_accuracy": accuracy, "by_kind": by_kind})
+            logger.info("vlm step %d: held-out VQA %.0f%% %s", step + 1, 100 * accuracy, by_kind)
+            model.train()
+        return {"loss": loss.item(), **task_losses(logits, labels, [example.task for example in examples])}
+
+    result = run_stage("vlm", budget, optimizer, step_fn, log, show_progress=show_progress)
+    model.eval()
+    save_vlm(model, processor.tokenizer, out)
+    accuracy, by_kind = evaluate_vqa(model, processor, eval_items) if eval_items else (None, {})
+    log.write({"stage": "vlm", "event": "eval", "step": result.steps, "vqa_accuracy": accuracy, "by_kind": by_kind})
+    logger.info("vlm: %d steps in %.0f s; held-out VQA %s %s", result.steps, result.seconds, accuracy, by_kind)
+    return VLMReport(result, accuracy, by_kind)
+
+
+@torch.no_grad()
+def answer(model: Any, processor: Any, image: Image.Image, question: str, max_new_tokens: int = 8) -> str:
+    """Greedy answer to a chat question, as the server asks it (temperature 0)."""
+    inputs = processor(text=[chat_prompt(processor, image, question)], images=[image], return_tensors="pt")
+    generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                               pad_token_id=processor.tokenizer.pad_token_id)
+    return str(processor.tokenizer.decode(generated[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+
+
+def evaluate_vqa(model: Any, processor: Any, count: int) -> tuple[float, dict[str, float]]:
+    """ShapesBench's VQA items (held-out scenes) and judge, answered by greedy decoding."""
+    model.eval()
+    by_kind: dict[str, list[bool]] = {}
+    for item in vqa_items(count, seed=0):
+        image = Image.open(io.BytesIO(item.image_png)).convert("RGB")
+        by_kind.setdefault(item.kind, []).append(answer_matches(answer(model, processor, image, item.question),
+                                                                item.answer))
+    total = [ok for values in by_kind.values() for ok in values]
+    return sum(total) / len(total), {kind: round(sum(v) / len(v), 3) for kind, v in by_kind.items()}

@@ -1,0 +1,268 @@
+"""The micro model's training script: every stage runs and writes a loadable checkpoint, and
+what it trains on is what the server computes (loss masks, conditions, noise levels)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from diptych import compat
+from diptych.models.micro import train_dit, train_vlm
+from diptych.models.micro.checkpoint import EDIT_SOURCE_AREA, check_size, load_processor
+from diptych.models.micro.train import (
+    SMOKE_BUDGETS,
+    STAGES,
+    TrainConfig,
+    main,
+    parse_overrides,
+    train,
+)
+from diptych.models.micro.training import Budget, learning_rate
+from diptych.models.micro.world import Split
+from diptych.models.qwen_image.adapter import QwenImageAdapter
+from diptych.models.qwen_image.conditioning import PromptSpec, image_digest
+from diptych.models.qwen_image.flow import QwenImageFlowRunner
+from diptych.models.qwen_image.schedule import ShiftConfig, flow_schedule
+from diptych.models.qwen_image.source import (
+    DEFAULT_SOURCE_AREA,
+    SOURCE_AREA_KEY,
+    prepare_source,
+)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("micro") / "ckpt"
+    config = TrainConfig(out=out, seed=0, architecture="smoke", budgets=tuple(SMOKE_BUDGETS.items()), threads=1,
+                         eval_items=2, show_progress=False)
+    return out, train(config)
+
+
+@pytest.fixture(scope="module")
+def runner(smoke: tuple[Path, dict[str, Any]]) -> QwenImageFlowRunner:
+    # The runner the server builds: through the family adapter, which reads the source area.
+    built = QwenImageAdapter(smoke[0]).build_flow_runner("cpu")
+    assert isinstance(built, QwenImageFlowRunner)
+    return built
+
+
+def test_every_stage_runs_logs_and_writes_its_part(smoke: tuple[Path, dict[str, Any]]) -> None:
+    out, summary = smoke
+    for stage in STAGES:
+        assert summary[stage]["steps"] == SMOKE_BUDGETS[stage].steps, stage  # type: ignore[index]
+    records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    losses = [r for r in records if "step" in r and "loss" in r]
+    assert {r["stage"] for r in losses} == set(STAGES)
+    assert all(np.isfinite(r["loss"]) for r in losses)
+    assert records[-1]["event"] == "done" and records[-1]["weights_bytes"] == check_size(out)
+    for part in ("vae/diffusion_pytorch_model.safetensors", "transformer/diffusion_pytorch_model.safetensors",
+                 "text_encoder/model.safetensors"):
+        assert (out / part).is_file(), part
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_class_name"] == "QwenImageEditPipeline" and index[SOURCE_AREA_KEY] == EDIT_SOURCE_AREA
+    vae = json.loads((out / "vae/config.json").read_text())
+    assert min(vae["latents_std"]) > 0 and vae["latents_std"] != [1.0] * vae["z_dim"]  # measured, not the init
+
+
+def test_checkpoint_loads_in_diffusers_and_transformers(smoke: tuple[Path, dict[str, Any]]) -> None:
+    compat.install()
+    from diffusers import QwenImageEditPipeline
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    out, _ = smoke
+    pipe = QwenImageEditPipeline.from_pretrained(out)
+    assert pipe.transformer.config.joint_attention_dim == pipe.text_encoder.config.text_config.hidden_size
+    vlm = Qwen2_5_VLForConditionalGeneration.from_pretrained(out / "text_encoder")
+    assert vlm.config.image_token_id == pipe.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+
+
+def test_the_adapter_takes_the_declared_source_area(tmp_path: Path) -> None:
+    index = {"_class_name": "QwenImageEditPipeline", **{part: ["x", "y"] for part in
+                                                        ("text_encoder", "tokenizer", "transformer", "vae", "scheduler")}}
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    assert QwenImageAdapter(tmp_path).source_area == DEFAULT_SOURCE_AREA  # public checkpoints: as diffusers
+    (tmp_path / "model_index.json").write_text(json.dumps({**index, SOURCE_AREA_KEY: 4096}))
+    assert QwenImageAdapter(tmp_path).source_area == 4096
+    (tmp_path / "model_index.json").write_text(json.dumps({**index, SOURCE_AREA_KEY: 0}))
+    with pytest.raises(ValueError, match="must be positive"):
+        QwenImageAdapter(tmp_path)
+
+
+def test_size_limit_is_enforced(smoke: tuple[Path, dict[str, Any]]) -> None:
+    out, _ = smoke
+    with pytest.raises(ValueError, match="over the limit"):
+        check_size(out, limit=1000)
+
+
+def test_answer_tokens_alone_carry_the_loss() -> None:
+    ids, labels = train_vlm.target_labels([5, 6, 7], [8, 9])
+    assert ids == [5, 6, 7, 8, 9] and labels == [-100, -100, -100, 8, 9]
+    torch.manual_seed(0)
+    logits = torch.randn(1, 5, 12)
+    label_tensor = torch.tensor([labels])
+    base = train_vlm.lm_loss(logits, label_tensor)
+    # Position t predicts token t+1: positions 0 and 1 predict prompt tokens and must not count,
+    # positions 2 and 3 predict the answer, position 4 predicts nothing.
+    for position, counts in ((0, False), (1, False), (2, True), (3, True), (4, False)):
+        changed = logits.clone()
+        changed[0, position] += torch.randn(12) * 5
+        assert bool(train_vlm.lm_loss(changed, label_tensor) != base) is counts, position
+    expected = torch.nn.functional.cross_entropy(logits[0, 2:4], torch.tensor([8, 9]))
+    assert torch.allclose(base, expected)
+
+
+def test_task_losses_average_each_tasks_answer_tokens() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 12)
+    labels = torch.tensor([[-100, -100, 3, 4, -100], [-100, 7, -100, -100, -100], [-100, 5, 6, 1, 2]])
+    losses = train_vlm.task_losses(logits, labels, ["vqa", "edit", "vqa"])
+    assert losses["loss_edit"] == pytest.approx(float(train_vlm.lm_loss(logits[1:2], labels[1:2])))
+    # vqa: the mean over its four answer tokens, not the mean of its two rows' means.
+    both = train_vlm.lm_loss(torch.cat([logits[0:1], logits[2:3]]), torch.cat([labels[0:1], labels[2:3]]))
+    assert losses["loss_vqa"] == pytest.approx(float(both), rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def vlm(smoke: tuple[Path, dict[str, Any]]) -> Any:
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    return Qwen2_5_VLForConditionalGeneration.from_pretrained(smoke[0] / "text_encoder").eval()
+
+
+@pytest.mark.parametrize("task", sorted(train_vlm.TASK_WEIGHTS))
+def test_prompt_and_target_tokenise_as_the_whole_text(smoke: tuple[Path, dict[str, Any]], vlm: Any,
+                                                       task: str) -> None:
+    processor = load_processor(smoke[0])
+    example = train_vlm.make_example(processor, task, 3)
+    batch = train_vlm.collate(processor, [example], vlm)
+    whole = processor(text=[example.prompt + example.target + train_vlm.END_OF_TURN],
+                      images=list(example.images) or None, return_tensors="pt")
+    assert batch["input_ids"].tolist() == whole["input_ids"].tolist()
+    answer = batch["input_ids"][0][batch["labels"][0] != train_vlm.IGNORE]
+    assert processor.tokenizer.decode(answer) == example.target + train_vlm.END_OF_TURN
+
+
+@torch.no_grad()
+def test_positions_are_those_of_serving(smoke: tuple[Path, dict[str, Any]], vlm: Any,
+                                        runner: QwenImageFlowRunner) -> None:
+    processor = load_processor(smoke[0])
+    chat, edit = train_vlm.make_example(processor, "vqa", 1), train_vlm.make_example(processor, "edit", 2)
+    batch = train_vlm.collate(processor, [chat, edit], vlm)
+    batch.pop("labels")
+    logits = vlm(**batch).logits
+    # Chat: transformers with the processor's token types, i.e. 3-D image positions, as vLLM computes them.
+    whole = processor(text=[chat.prompt + chat.target + train_vlm.END_OF_TURN], images=list(chat.images),
+                      return_tensors="pt")
+    reference = vlm(**whole).logits[0]
+    assert torch.allclose(logits[0, : reference.shape[0]], reference, atol=1e-4)
+    without_types = {k: v for k, v in whole.items() if k != "mm_token_type_ids"}
+    assert not torch.allclose(vlm(**without_types).logits[0], reference, atol=1e-4)  # the positions matter
+    # Edit template: the hidden states the server's prompt encoder conditions the transformer on.
+    hidden = vlm(**batch, output_hidden_states=True).hidden_states[-1][1]
+    instruction = train_dit.edit_example(Split.TRAIN, 2).triplet.instruction  # make_example's edit 2
+    served = runner.prompt_encoder.encode_with_image(instruction, edit.images[0])
+    drop = runner.prompt_encoder.edit_prefix_len
+    assert torch.allclose(hidden[drop: drop + served.num_tokens], served.embeds[0], atol=1e-4)
+
+
+def test_vqa_prompt_is_the_servers_chat(smoke: tuple[Path, dict[str, Any]]) -> None:
+    processor = load_processor(smoke[0])
+    example = train_vlm.make_example(processor, "vqa", 0)
+    assert example.prompt.endswith("<|im_end|>\n<|im_start|>assistant\n")
+    assert "<|vision_start|><|image_pad|><|vision_end|>" in example.prompt and len(example.images) == 1
+
+
+class _Keep(random.Random):
+    """An rng under which no prompt is dropped."""
+
+    def random(self) -> float:
+        return 0.99
+
+
+def test_conditions_are_the_servers(smoke: tuple[Path, dict[str, Any]], runner: QwenImageFlowRunner) -> None:
+    frozen = train_dit.load_frozen(smoke[0])
+    clean, text, mask = train_dit.t2i_batch(frozen, 0, 0, 3, _Keep())
+    captions = [train_dit.caption_example(Split.TRAIN, j).caption.text for j in range(3)]
+    served = runner.conditioner.prompts([PromptSpec(caption) for caption in captions])
+    for row, embedding in enumerate(served):
+        length = embedding.num_tokens
+        assert torch.equal(text[row, :length], embedding.embeds[0])
+        assert mask is None or (mask[row, :length].all() and not mask[row, length:].any())
+    assert clean.shape[1] == (64 // 16) ** 2
+
+    _, text, mask, source = train_dit.edit_batch(frozen, 0, 0, 2, _Keep())
+    for row in range(2):
+        example = train_dit.edit_example(Split.TRAIN, row)
+        image = prepare_source(example.source_image, EDIT_SOURCE_AREA)
+        key = image_digest(image)
+        embedding = runner.conditioner.prompts([PromptSpec(example.triplet.instruction, image, key)])[0]
+        assert torch.equal(text[row, : embedding.num_tokens], embedding.embeds[0])
+        assert torch.allclose(source[row], runner.conditioner.source_latents(image, key)[0], atol=1e-4)
+
+
+def test_prompt_dropout_uses_the_unconditional_prompt() -> None:
+    prompts = train_dit.dropped(["a red circle"] * 2000, random.Random(0))
+    assert set(prompts) == {"a red circle", " "}
+    assert 0.08 < prompts.count(" ") / len(prompts) < 0.12
+
+
+def test_noise_levels_are_shifted_as_the_scheduler_shifts() -> None:
+    shift = ShiftConfig(use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9, base_image_seq_len=256,
+                        max_image_seq_len=8192)
+    sigmas, _ = flow_schedule(10, 16, shift)
+    t = torch.from_numpy(np.linspace(1.0, 0.1, 10).astype(np.float32))
+    assert torch.allclose(train_dit.shifted_sigmas(t, 16, shift), sigmas[:-1], atol=1e-6)
+
+
+def test_flow_loss_targets_velocity_on_target_tokens_only() -> None:
+    class Zero(torch.nn.Module):
+        def forward(self, hidden_states: torch.Tensor, **_: Any) -> tuple[torch.Tensor]:
+            return (torch.zeros_like(hidden_states),)
+
+    clean, source = torch.randn(2, 16, 8), torch.randn(2, 16, 8) * 100
+    frozen = train_dit.Frozen(vae=None, encoder=None, shift=ShiftConfig())  # type: ignore[arg-type]
+    loss = train_dit.flow_loss(Zero(), frozen, clean, torch.zeros(2, 3, 4), None, torch.Generator().manual_seed(1),
+                               source)
+    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(1))
+    # A zero prediction costs the squared velocity ε - x0 of the 16 target tokens; source tokens do not count.
+    assert torch.allclose(loss, (noise - clean).pow(2).mean())
+
+
+def test_learning_rate_warms_up_and_decays_to_a_tenth() -> None:
+    budget = Budget(steps=1000, batch_size=1, lr=1.0, warmup_steps=100)
+    assert learning_rate(0, budget) == pytest.approx(0.01)
+    assert learning_rate(99, budget) == pytest.approx(1.0)
+    assert learning_rate(999, budget) == pytest.approx(0.1, abs=1e-3)
+    assert all(learning_rate(s, budget) >= learning_rate(s + 1, budget) for s in range(100, 999))
+
+
+def test_stage_overrides_parse() -> None:
+    assert parse_overrides("vae=300,dit=5", int, "--steps") == {"vae": 300, "dit": 5}
+    assert parse_overrides("7", int, "--steps") == dict.fromkeys(STAGES, 7)
+    assert parse_overrides(None, int, "--steps") == {}
+
+
+def test_bad_arguments_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown stages"):
+        TrainConfig(out=tmp_path, stages=("vae", "gan"))
+    with pytest.raises(SystemExit, match="unknown stage"):
+        main(["--out", str(tmp_path), "--steps", "vae=3,gan=4"])
+
+
+def test_a_rerun_with_the_same_seed_reproduces_the_weights(tmp_path: Path) -> None:
+    budgets = tuple((name, Budget(steps=2, batch_size=2, lr=1e-3, warmup_steps=1, log_every=1))
+                    for name in STAGES)
+    weights = []
+    for run, seed in (("a", 0), ("b", 0), ("c", 1)):
+        config = TrainConfig(out=tmp_path / run, seed=seed, stages=("vae",), architecture="smoke", budgets=budgets,
+                             threads=1, eval_items=0, show_progress=False)
+        train(config)
+        weights.append((tmp_path / run / "vae/diffusion_pytorch_model.safetensors").read_bytes())
+    assert weights[0] == weights[1]
+    assert weights[0] != weights[2]
