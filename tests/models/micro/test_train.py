@@ -60,6 +60,10 @@ def test_every_stage_runs_logs_and_writes_its_part(smoke: tuple[Path, dict[str, 
     losses = [r for r in records if "step" in r and "loss" in r]
     assert {r["stage"] for r in losses} == set(STAGES)
     assert all(np.isfinite(r["loss"]) for r in losses)
+    # The vision probe trains the tower beside the language model, and is logged with it.
+    # (A batch of text-only examples has no pictures and no probe loss.)
+    probed = [r for r in losses if r["stage"] == "vlm" and "probe_scene" in r]
+    assert probed and all(np.isfinite(r["probe_scene"]) and np.isfinite(r["probe_place"]) for r in probed)
     assert records[-1]["event"] == "done" and records[-1]["weights_bytes"] == check_size(out)
     for part in ("vae/diffusion_pytorch_model.safetensors", "transformer/diffusion_pytorch_model.safetensors",
                  "text_encoder/model.safetensors"):
