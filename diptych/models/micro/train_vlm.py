@@ -74,8 +74,9 @@ logger = logging.getLogger(__name__)
 # Share of each task in the stream: answering is what is judged; the others shape the
 # hidden states the transformer reads. Describing is also what teaches answering fastest:
 # a caption names every object, so each picture gives a dozen supervised tokens that all
-# need the image (a VQA answer gives one or two), and held-out VQA rose from 31% to 57%
-# in 2,500 steps when a quarter of the stream was captions (docs/architecture.md).
+# need the image (a VQA answer gives one or two). In probe runs of batch 16, VQA plus a
+# quarter captions reached 57% held-out VQA by step 2,500 (colours 60%); VQA alone, four
+# questions a picture, stayed at 41–47% through step 2,000 (colours 7–23%).
 TASK_WEIGHTS: dict[str, float] = {"vqa": 0.4, "describe": 0.3, "edit": 0.15, "prompt": 0.15}
 PROBE_WEIGHT = 1.0  # of the probe's losses against the language-model loss
 IGNORE = -100  # label of tokens without loss (F.cross_entropy's ignore_index)
