@@ -145,11 +145,34 @@ def test_prompt_and_target_tokenise_as_the_whole_text(smoke: tuple[Path, dict[st
     processor = load_processor(smoke[0])
     example = train_vlm.make_example(processor, task, 3)
     batch = train_vlm.collate(processor, [example], vlm)
-    whole = processor(text=[example.prompt + example.target + train_vlm.END_OF_TURN],
+    end = train_vlm.END_OF_TURN
+    later = "".join(text + answer + end for text, answer in example.follow_ups)
+    whole = processor(text=[example.prompt + example.target + end + later],
                       images=list(example.images) or None, return_tensors="pt")
     assert batch["input_ids"].tolist() == whole["input_ids"].tolist()
     answer = batch["input_ids"][0][batch["labels"][0] != train_vlm.IGNORE]
-    assert processor.tokenizer.decode(answer) == example.target + train_vlm.END_OF_TURN
+    answers = "".join(answer + end for _, answer in example.follow_ups)
+    assert processor.tokenizer.decode(answer) == example.target + end + answers
+
+
+def test_a_vqa_example_is_a_conversation_about_one_picture(smoke: tuple[Path, dict[str, Any]]) -> None:
+    from diptych.engine.types import ChatMessage, ImagePart, TextPart
+    from diptych.models.micro.data import vqa_example
+    from diptych.models.qwen_image.chat import render_chat
+
+    processor = load_processor(smoke[0])
+    example = train_vlm.make_example(processor, "vqa", 5)
+    vqa = vqa_example(Split.TRAIN, 5)
+    pairs = train_vlm.conversation_pairs(vqa.scene, vqa.pair, 5)
+    assert len(example.follow_ups) == len(pairs) - 1 >= 2
+    assert len({pair.kind for pair in pairs}) == len(pairs)  # a different kind of question each turn
+    # Every answer is the scene's, and the text is what the chat template makes of the whole conversation.
+    messages = [ChatMessage("user", (ImagePart(vqa.image), TextPart(pairs[0].question)))]
+    for previous, pair in zip(pairs, pairs[1:]):
+        messages += [ChatMessage("assistant", (TextPart(previous.answer),)), ChatMessage("user", (TextPart(pair.question),))]
+    rendered = render_chat(processor, tuple(messages)).text + pairs[-1].answer + train_vlm.END_OF_TURN
+    later = "".join(text + answer + train_vlm.END_OF_TURN for text, answer in example.follow_ups)
+    assert example.prompt + example.target + train_vlm.END_OF_TURN + later == rendered
 
 
 @torch.no_grad()
