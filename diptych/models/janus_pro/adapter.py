@@ -13,8 +13,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
-from diptych.engine.types import ChatMessage, ImagePart, TextPart
+from diptych.engine.types import ChatMessage
 from diptych.models.base import Capabilities, ChatPrompt, FlowRunner
+from diptych.models.chat import apply_chat_template
 from diptych.models.janus_pro import chat_format as cf
 from diptych.models.janus_pro.image_tokens import TokenSpec, conditional_ids
 from diptych.models.janus_pro.stage import JanusImageStage
@@ -66,22 +67,7 @@ class JanusProAdapter:
         return AutoProcessor.from_pretrained(self.model_dir)
 
     def render_chat(self, messages: tuple[ChatMessage, ...]) -> ChatPrompt:
-        if not messages:
-            raise ValueError("a chat needs at least one message")
-        conversation, images = [], []
-        for message in messages:
-            content: list[dict[str, str]] = []
-            for part in message.content:
-                if isinstance(part, TextPart):
-                    content.append({"type": "text", "text": part.text})
-                elif isinstance(part, ImagePart):
-                    content.append({"type": "image"})
-                    images.append(part.image)
-            conversation.append({"role": message.role, "content": content})
-        text = self._processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-        if text.count(cf.IMAGE_TOKEN) != len(images):
-            raise ValueError(f"chat template placed {text.count(cf.IMAGE_TOKEN)} image placeholders for {len(images)}")
-        return ChatPrompt(text=text, images=tuple(images))
+        return apply_chat_template(self._processor, messages, cf.IMAGE_TOKEN)
 
     def count_prompt_tokens(self, prompt: ChatPrompt | str) -> int:
         tokenizer = self._processor.tokenizer

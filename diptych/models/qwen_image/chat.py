@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from diptych.engine.types import ChatMessage, ImagePart, TextPart
+from diptych.engine.types import ChatMessage
 from diptych.models.base import ChatPrompt
+from diptych.models.chat import apply_chat_template
 from diptych.models.qwen_image.chat_template import CHAT_TEMPLATE
 
 _IMAGE_PAD = "<|image_pad|>"
@@ -18,29 +19,9 @@ _IMAGE_PAD = "<|image_pad|>"
 
 def render_chat(processor_or_tokenizer: Any, messages: tuple[ChatMessage, ...]) -> ChatPrompt:
     """The chat template applied to ``messages``, with the assistant header appended."""
-    if not messages:
-        raise ValueError("a chat needs at least one message")
-    conversation: list[dict[str, Any]] = []
-    images: list[Any] = []
-    for message in messages:
-        content: list[dict[str, str]] = []
-        for part in message.content:
-            if isinstance(part, TextPart):
-                content.append({"type": "text", "text": part.text})
-            elif isinstance(part, ImagePart):
-                content.append({"type": "image"})
-                images.append(part.image)
-            else:
-                raise TypeError(f"unknown content part {type(part).__name__}")
-        conversation.append({"role": message.role, "content": content})
     # A checkpoint whose tokenizer has no template (Qwen-Image text-to-image) gets Qwen2.5-VL's.
     template = None if getattr(processor_or_tokenizer, "chat_template", None) else CHAT_TEMPLATE
-    text = processor_or_tokenizer.apply_chat_template(
-        conversation, chat_template=template, add_generation_prompt=True, tokenize=False
-    )
-    if text.count(_IMAGE_PAD) != len(images):
-        raise ValueError(f"chat template placed {text.count(_IMAGE_PAD)} image placeholders for {len(images)} images")
-    return ChatPrompt(text=text, images=tuple(images))
+    return apply_chat_template(processor_or_tokenizer, messages, _IMAGE_PAD, template)
 
 
 def count_tokens(processor_or_tokenizer: Any, prompt: ChatPrompt | str) -> int:
