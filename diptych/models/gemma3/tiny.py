@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+from diptych.models.tiny_tokenizer import token_ids, train_byte_level_bpe
 
 logger = logging.getLogger(__name__)
 
@@ -152,14 +153,7 @@ def build_tokenizer() -> Any:
     """A byte-level BPE trained on the built-in corpus, carrying Gemma3's special tokens."""
     from transformers import AddedToken, PreTrainedTokenizerFast
 
-    bpe = Tokenizer(models.BPE())
-    bpe.normalizer = normalizers.NFC()
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=_BPE_VOCAB_SIZE, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
-    bpe.train_from_iterator(_CORPUS, trainer=trainer)
+    bpe = train_byte_level_bpe(_CORPUS, _BPE_VOCAB_SIZE, split_regex=None)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         bos_token="<bos>",
@@ -250,10 +244,7 @@ def _check_reacts_to_image_and_mask(model: Any, processor: Any) -> None:
 
 
 def _special_token_ids(tokenizer: Any) -> dict[str, int]:
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in (*_SPECIAL_TOKENS, *_NEWLINES)}
-    for token, token_id in ids.items():
-        if not isinstance(token_id, int) or tokenizer.convert_ids_to_tokens(token_id) != token:
-            raise RuntimeError(f"token {token!r} did not get its own id (got {token_id!r})")
+    ids = token_ids(tokenizer, (*_SPECIAL_TOKENS, *_NEWLINES))
     for run in _NEWLINES:
         if tokenizer.encode(run, add_special_tokens=False) != [ids[run]]:
             raise RuntimeError(f"{run!r} is not encoded as one token")

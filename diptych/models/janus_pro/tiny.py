@@ -14,9 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from diptych.models.janus_pro import chat_format as cf
+from diptych.models.tiny_tokenizer import (
+    QWEN2_PRETOKENIZE_REGEX,
+    token_ids,
+    train_byte_level_bpe,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +35,6 @@ _CORPUS: tuple[str, ...] = (
     "The quick brown fox jumps over the lazy dog. 0 1 2 3 4 5 6 7 8 9",
     "Text, numbers and symbols: (a) [b] {c} <d> e-f g_h i/j k:l m;n o?p q!r s'u v\"w x*y z+",
 )
-_PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 _BPE_VOCAB_SIZE = 640
 
 IMAGE_SIZE = 64  # pixels per side, for understanding and generation alike
@@ -109,7 +112,7 @@ def _write(out_dir: Path, seed: int, *, side: int, init: float, text: dict[str, 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = _build_tokenizer()
-    ids = _special_token_ids(tokenizer)
+    ids = token_ids(tokenizer, cf.SPECIAL_TOKENS)
     config = _build_config(vocab_size=len(tokenizer), ids=ids, init=init, text=text, vision=vision, vq=vq)
     with torch.random.fork_rng(devices=[]):  # seeding must not disturb the caller's random stream
         torch.manual_seed(seed)
@@ -125,19 +128,7 @@ def _write(out_dir: Path, seed: int, *, side: int, init: float, text: dict[str, 
 def _build_tokenizer() -> Any:
     from transformers import PreTrainedTokenizerFast
 
-    bpe = Tokenizer(models.BPE())
-    bpe.normalizer = normalizers.NFC()
-    bpe.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    bpe.decoder = __import__("tokenizers").decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=_BPE_VOCAB_SIZE, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
-    bpe.train_from_iterator(_CORPUS, trainer=trainer)
+    bpe = train_byte_level_bpe(_CORPUS, _BPE_VOCAB_SIZE, QWEN2_PRETOKENIZE_REGEX)
     bpe.add_special_tokens(list(cf.SPECIAL_TOKENS))
     # The public tokenizer prepends BOS to every encoding (LlamaTokenizerFast, add_bos_token).
     from tokenizers import processors
@@ -157,15 +148,6 @@ def _build_tokenizer() -> Any:
     )
     tokenizer.chat_template = cf.CHAT_TEMPLATE
     return tokenizer
-
-
-def _special_token_ids(tokenizer: Any) -> dict[str, int]:
-    """Every special token's id, read back from the tokenizer (never assumed)."""
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in cf.SPECIAL_TOKENS}
-    for token, token_id in ids.items():
-        if not isinstance(token_id, int) or tokenizer.convert_ids_to_tokens(token_id) != token:
-            raise RuntimeError(f"special token {token!r} did not get its own id (got {token_id!r})")
-    return ids
 
 
 def _build_config(*, vocab_size: int, ids: dict[str, int], init: float, text: dict[str, Any], vision: dict[str, Any],

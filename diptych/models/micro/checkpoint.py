@@ -19,10 +19,11 @@ from typing import Any
 
 import torch
 
-from diptych.models.micro.tokenizer import build_tokenizer, special_token_ids
+from diptych.models.micro.tokenizer import build_tokenizer
 from diptych.models.qwen_image.chat_template import CHAT_TEMPLATE
 from diptych.models.qwen_image.source import SOURCE_AREA_KEY
 from diptych.models.qwen_image.tiny import SCHEDULER_CONFIG, text_hidden_size
+from diptych.models.qwen_image.tiny_vlm import special_token_ids
 
 logger = logging.getLogger(__name__)
 

@@ -11,21 +11,16 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
-
 from diptych.models.qwen_image.chat_template import CHAT_TEMPLATE, IMAGE_PLACEHOLDER, SPECIAL_TOKENS
+from diptych.models.tiny_tokenizer import QWEN2_PRETOKENIZE_REGEX, token_ids, train_byte_level_bpe
 
 logger = logging.getLogger(__name__)
 
-# Qwen2's pre-tokenisation split (contractions, letter runs, single digits, punctuation,
-# newlines, spaces), so the tiny tokenizer segments text the way the real one does.
-_PRETOKENIZE_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
 _BPE_VOCAB_SIZE = 1024
 
 # A few lines about images, shapes and colours: enough for the BPE to learn merges for the
@@ -91,8 +86,8 @@ _PROCESSOR_CLASS = "Qwen2_5_VLProcessor"
 def write_tiny_vlm(out_root: Path, *, seed: int = 0) -> None:
     """Write ``text_encoder/``, ``tokenizer/`` and ``processor/`` of a tiny Qwen-Image checkpoint."""
     out_root = Path(out_root)
-    tokenizer = _build_tokenizer()
-    ids = _special_token_ids(tokenizer)
+    tokenizer = qwen2_tokenizer(_CORPUS, _BPE_VOCAB_SIZE)
+    ids = special_token_ids(tokenizer)
 
     tokenizer_dir = out_root / "tokenizer"
     tokenizer.save_pretrained(tokenizer_dir)
@@ -113,25 +108,11 @@ def write_tiny_vlm(out_root: Path, *, seed: int = 0) -> None:
     logger.info("wrote tiny Qwen2.5-VL (vocab %d, seed %d) under %s", len(tokenizer), seed, out_root)
 
 
-def _build_tokenizer() -> Any:
-    """Train a byte-level BPE on the built-in corpus and wrap it as a Qwen2 tokenizer."""
+def qwen2_tokenizer(corpus: Iterable[str], vocab_size: int) -> Any:
+    """A byte-level BPE learnt on ``corpus``, wrapped as a Qwen2 tokenizer with Qwen2.5-VL's special tokens."""
     from transformers import AddedToken, Qwen2Tokenizer
 
-    bpe = Tokenizer(models.BPE())
-    bpe.normalizer = normalizers.NFC()
-    bpe.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    trainer = trainers.BpeTrainer(
-        vocab_size=_BPE_VOCAB_SIZE,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(_CORPUS, trainer=trainer)
-    trained = json.loads(bpe.to_str())["model"]
+    trained = json.loads(train_byte_level_bpe(corpus, vocab_size, QWEN2_PRETOKENIZE_REGEX).to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in trained["merges"]]
 
     tokenizer = Qwen2Tokenizer(
@@ -156,14 +137,9 @@ def _build_tokenizer() -> Any:
     return tokenizer
 
 
-def _special_token_ids(tokenizer: Any) -> dict[str, int]:
-    """Every special token's id, read back from the tokenizer (never assumed)."""
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
-    for token, token_id in ids.items():
-        # A token missing from the vocabulary maps to None or the unk id; both would corrupt the configs.
-        if not isinstance(token_id, int) or tokenizer.convert_ids_to_tokens(token_id) != token:
-            raise RuntimeError(f"special token {token!r} did not get its own id (got {token_id!r})")
-    return ids
+def special_token_ids(tokenizer: Any) -> dict[str, int]:
+    """Every Qwen2.5-VL special token's id, read back from the tokenizer."""
+    return token_ids(tokenizer, SPECIAL_TOKENS)
 
 
 def _write_processor(processor_dir: Path, tokenizer: Any) -> None:
