@@ -1,10 +1,12 @@
-"""Reading a running server's state from the outside: its Prometheus metrics, polled."""
+"""Reading a running server's state from the outside: its Prometheus metrics, polled; a slow job to watch."""
 
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 
@@ -27,3 +29,24 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> No
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+# A few seconds of denoising on CPU: surely still running when a test acts on the server.
+SLOW_GENERATION: dict[str, Any] = {"prompt": "a slow job", "size": "128x128", "num_inference_steps": 300, "seed": 3}
+
+
+class SlowGeneration:
+    """A slow generate request sent from a thread; returns once the flow engine is denoising it."""
+
+    def __init__(self, server: ServerProcess, model: str) -> None:
+        self.body = {"model": model, **SLOW_GENERATION}
+        self._responses: list[httpx.Response] = []
+        self._thread = threading.Thread(target=lambda: self._responses.append(
+            httpx.post(f"{server.base_url}/v1/images/generations", json=self.body, timeout=120)))
+        self._thread.start()
+        wait_until(lambda: metric(server, "diptych_active_batch_size", engine="flow") >= 1, 60, "denoising to start")
+
+    def response(self, timeout_s: float = 120) -> httpx.Response:
+        self._thread.join(timeout_s)
+        assert self._responses, f"the slow generation did not finish within {timeout_s} s"
+        return self._responses[0]

@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from diptych.bench.server_process import ServerProcess, start_server
-from tests.e2e.probes import metric, wait_until
+from tests.e2e.probes import SlowGeneration, metric, wait_until
 
 MODEL = "tiny-edit"
 RECOVERY_TIMEOUT_S = 300  # a new vLLM engine on a loaded 2-core machine
@@ -155,15 +155,7 @@ def test_ctrl_c_drains_instead_of_killing_the_engines(server: ServerProcess) -> 
     """Last in this module: it stops the server."""
     assert server.process is not None
     flow, core = _child(server, "diptych-flow"), _child(server, "EngineCore")
-    result: dict = {}
-    body = {"model": MODEL, "prompt": "a slow job", "size": "128x128", "num_inference_steps": 300, "seed": 3}
-
-    def in_flight() -> None:
-        result["response"] = httpx.post(f"{server.base_url}/v1/images/generations", json=body, timeout=120)
-
-    worker = threading.Thread(target=in_flight)
-    worker.start()
-    wait_until(lambda: metric(server, "diptych_active_batch_size", engine="flow") >= 1, 60, "denoising to start")
+    job = SlowGeneration(server, MODEL)
     assert server.log_path is not None
     log_offset = len(server.log_path.read_bytes())
     os.killpg(server.process.pid, signal.SIGINT)  # what a terminal does on Ctrl+C
@@ -171,8 +163,7 @@ def test_ctrl_c_drains_instead_of_killing_the_engines(server: ServerProcess) -> 
     time.sleep(1)
     assert flow.is_running() and core.is_running()  # neither took the SIGINT as its own
     assert flow.status() != psutil.STATUS_ZOMBIE and core.status() != psutil.STATUS_ZOMBIE
-    worker.join(120)
-    response = result["response"]
+    response = job.response()
     assert response.status_code == 200, response.text
     assert server.process.wait(60) == 0, server.log()
     log = server.log_path.read_bytes()[log_offset:].decode(errors="replace")

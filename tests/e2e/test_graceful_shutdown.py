@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import base64
 import io
-import threading
 from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
 
-from tests.e2e.probes import metric, wait_until
+from tests.e2e.probes import SlowGeneration, metric, wait_until
 from diptych.bench.server_process import start_server
 
 MODEL = "tiny-edit"
@@ -23,16 +22,8 @@ def test_sigterm_finishes_the_work_in_flight_and_refuses_new_work(
 ) -> None:
     server = start_server(edit_checkpoint, tmp_path_factory.mktemp("shutdown"), "--max-steps", "1000")
     try:
-        result: dict = {}
-        # A few seconds of denoising on CPU: surely still running when the signal arrives.
-        body = {"model": MODEL, "prompt": "a slow job", "size": "128x128", "num_inference_steps": 300, "seed": 3}
-
-        def in_flight() -> None:
-            result["response"] = httpx.post(f"{server.base_url}/v1/images/generations", json=body, timeout=120)
-
-        worker = threading.Thread(target=in_flight)
-        worker.start()
-        wait_until(lambda: metric(server, "diptych_active_batch_size", engine="flow") >= 1, 60, "denoising to start")
+        job = SlowGeneration(server, MODEL)
+        body = job.body
         steps_at_signal = metric(server, "diptych_denoising_steps_total")
         server.process.terminate()  # SIGTERM
         wait_until(lambda: httpx.get(f"{server.base_url}/health", timeout=5).status_code == 503, 10,
@@ -42,8 +33,7 @@ def test_sigterm_finishes_the_work_in_flight_and_refuses_new_work(
                              timeout=10)
         assert refused.status_code == 503, refused.text
         assert refused.json()["error"]["code"] == "shutting_down"
-        worker.join(120)
-        response = result["response"]
+        response = job.response()
         assert response.status_code == 200, response.text
         image = Image.open(io.BytesIO(base64.b64decode(response.json()["data"][0]["b64_json"])))
         assert image.size == (128, 128)
