@@ -102,6 +102,27 @@ def sample_caption(scene: Scene, rng: random.Random, kinds: tuple[str, ...] = CA
     raise ValueError(f"no caption kind of {kinds} applies to {scene}")
 
 
+def named_scene(scene: Scene, caption: Caption) -> Scene:
+    """``scene`` cut down to the objects ``caption`` names: the picture a drawer of the caption would make.
+
+    "a triangle" keeps one triangle, "two circles" both circles, "a red circle above a blue
+    square" the pair the relation holds for, a full caption every object. The caption stays
+    true of the result.
+    """
+    kept: set[ShapeObject] = set()
+    for requirement in caption.requirements:
+        if isinstance(requirement, Count):
+            matching = [obj for obj in scene.objects if requirement.pattern.matches(obj)]
+            kept.update(matching[:requirement.n] if requirement.at_least else matching)
+        elif isinstance(requirement, Relation):
+            kept.update(next((a, b) for a in scene.objects for b in scene.objects if a is not b
+                             and requirement.a.matches(a) and requirement.b.matches(b)
+                             and relation_holds(a.cell, requirement.relation, b.cell)))
+        else:  # Total: every object is named
+            kept.update(scene.objects)
+    return Scene(tuple(kept))
+
+
 def caption_of_kind(scene: Scene, kind: str, rng: random.Random) -> Caption | None:
     """A random caption of ``kind`` true of ``scene``, or None when the kind does not apply (no pair, no group)."""
     if kind not in _BUILDERS:

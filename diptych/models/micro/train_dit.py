@@ -45,7 +45,7 @@ from diptych.models.micro.checkpoint import (
     load_processor,
     load_tokenizer,
 )
-from diptych.models.micro.data import caption_example, edit_example
+from diptych.models.micro.data import drawing_example, edit_example
 from diptych.models.micro.training import (
     Budget,
     LossLog,
@@ -149,7 +149,7 @@ def dropped(prompts: Sequence[str], rng: random.Random) -> list[str]:
 def t2i_batch(frozen: Frozen, seed: int, step: int, size: int, rng: random.Random
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     base = seed * SEED_STRIDE + step * size
-    examples = [caption_example(Split.TRAIN, base + j) for j in range(size)]
+    examples = [drawing_example(Split.TRAIN, base + j) for j in range(size)]
     prompts = dropped([example.caption.text for example in examples], rng)
     text, mask = pad_prompts(trainable([e.embeds for e in frozen.encoder.encode_texts(prompts)]))
     return encode_latents(frozen.vae, [example.image for example in examples]), text, mask

@@ -9,15 +9,17 @@ import pytest
 
 from diptych.models.micro.data import (
     caption_example,
+    drawing_example,
     edit_example,
     scene_example,
     stream,
     vqa_example,
 )
+from diptych.models.micro.language import CAPTION_KINDS
 from diptych.models.micro.world import Split, render
 
 
-@pytest.mark.parametrize("make", [caption_example, vqa_example, edit_example])
+@pytest.mark.parametrize("make", [caption_example, drawing_example, vqa_example, edit_example])
 def test_an_example_is_a_function_of_its_index(make: Callable[[Split, int], object]) -> None:
     # Examples are frozen dataclasses; PIL images compare by mode, size and pixels.
     assert make(Split.TRAIN, 12) == make(Split.TRAIN, 12)
@@ -59,3 +61,17 @@ def test_held_out_scenes_never_reach_training() -> None:
 @pytest.mark.parametrize("kind", ["count", "position"])
 def test_a_caption_kind_can_be_asked_for(kind: str) -> None:
     assert all(caption_example(Split.HELDOUT, i, kind=kind).caption.kind == kind for i in range(10))
+
+
+def test_a_drawing_holds_its_caption_and_nothing_more() -> None:
+    kinds = set()
+    for index in range(300):
+        example = drawing_example(Split.TRAIN, index)
+        objects, requirements = example.scene.objects, example.caption.requirements
+        assert example.scene.split() is Split.TRAIN
+        assert all(requirement.holds(objects) for requirement in requirements), example
+        for obj in objects:  # every object is needed: without it the caption is false
+            rest = tuple(other for other in objects if other is not obj)
+            assert not all(requirement.holds(rest) for requirement in requirements), example
+        kinds.add(example.caption.kind)
+    assert kinds == set(CAPTION_KINDS)

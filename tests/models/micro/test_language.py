@@ -11,7 +11,12 @@ import pytest
 from diptych.models.micro.analyser import DetectedObject, analyse
 from diptych.models.micro.checks import Count, Pattern, Relation
 from diptych.models.micro.edits import EDIT_KINDS, sample_edit
-from diptych.models.micro.language import CAPTION_KINDS, caption_of_kind
+from diptych.models.micro.language import (
+    CAPTION_KINDS,
+    Caption,
+    caption_of_kind,
+    named_scene,
+)
 from diptych.models.micro.vqa import QUESTION_KINDS, sample_question
 from diptych.models.micro.world import (
     CELL_NAMES,
@@ -126,3 +131,18 @@ def test_edits_do_what_they_say_and_nothing_else(kind: str) -> None:
             assert source.at(cell) is None and triplet.cells == (obj.cell, cell)
             assert target.at(obj.cell) is None and target.at(cell) == ShapeObject(cell, obj.shape, obj.color, obj.size)
     assert made >= 100
+
+
+def test_a_drawing_keeps_just_the_objects_its_caption_names() -> None:
+    red_circle = ShapeObject(cell=0, shape="circle", color="red", size="small")
+    blue_square = ShapeObject(cell=4, shape="square", color="blue", size="large")
+    green_triangle = ShapeObject(cell=8, shape="triangle", color="green", size="small")
+    scene = Scene((red_circle, blue_square, green_triangle))
+    a_square = Caption("a square", "object", (Count(Pattern(shape="square"), 1, at_least=True),))
+    above = Caption("a red circle above a green triangle", "position",
+                    (Relation(Pattern(shape="circle", color="red"), "above", Pattern(shape="triangle", color="green")),))
+    assert named_scene(scene, a_square).objects == (blue_square,)
+    assert named_scene(scene, above).objects == (red_circle, green_triangle)
+    twins = Scene((red_circle, ShapeObject(cell=2, shape="circle", color="red", size="large")))
+    one_red_circle = Caption("a red circle", "color", (Count(Pattern(shape="circle", color="red"), 1, at_least=True),))
+    assert len(named_scene(twins, one_red_circle).objects) == 1

@@ -110,13 +110,17 @@ def test_answer_tokens_alone_carry_the_loss() -> None:
     torch.manual_seed(0)
     logits = torch.randn(1, 5, 12)
     label_tensor = torch.tensor([labels])
-    base = train_vlm.lm_loss(logits, label_tensor)
+
+    def loss(values: torch.Tensor) -> torch.Tensor:
+        return train_vlm.task_losses(values, label_tensor, ["vqa"])["vqa"]
+
+    base = loss(logits)
     # Position t predicts token t+1: positions 0 and 1 predict prompt tokens and must not count,
     # positions 2 and 3 predict the answer, position 4 predicts nothing.
     for position, counts in ((0, False), (1, False), (2, True), (3, True), (4, False)):
         changed = logits.clone()
         changed[0, position] += torch.randn(12) * 5
-        assert bool(train_vlm.lm_loss(changed, label_tensor) != base) is counts, position
+        assert bool(loss(changed) != base) is counts, position
     expected = torch.nn.functional.cross_entropy(logits[0, 2:4], torch.tensor([8, 9]))
     assert torch.allclose(base, expected)
 
@@ -126,10 +130,29 @@ def test_task_losses_average_each_tasks_answer_tokens() -> None:
     logits = torch.randn(3, 5, 12)
     labels = torch.tensor([[-100, -100, 3, 4, -100], [-100, 7, -100, -100, -100], [-100, 5, 6, 1, 2]])
     losses = train_vlm.task_losses(logits, labels, ["vqa", "edit", "vqa"])
-    assert losses["loss_edit"] == pytest.approx(float(train_vlm.lm_loss(logits[1:2], labels[1:2])))
-    # vqa: the mean over its four answer tokens, not the mean of its two rows' means.
-    both = train_vlm.lm_loss(torch.cat([logits[0:1], logits[2:3]]), torch.cat([labels[0:1], labels[2:3]]))
-    assert losses["loss_vqa"] == pytest.approx(float(both), rel=1e-5)
+    assert float(losses["edit"]) == pytest.approx(float(torch.nn.functional.cross_entropy(logits[1, 0:1], labels[1, 1:2])))
+    # vqa: the mean over its six answer tokens, not the mean of its two rows' means.
+    tokens = torch.cat([logits[0, 1:3], logits[2, 0:4]]), torch.cat([labels[0, 2:4], labels[2, 1:5]])
+    assert float(losses["vqa"]) == pytest.approx(float(torch.nn.functional.cross_entropy(*tokens)), rel=1e-5)
+
+
+def test_the_token_probe_reads_the_text_of_condition_rows() -> None:
+    image = 9
+    batch = {"input_ids": torch.tensor([[1, image, image, 2, 0], [3, 4, image, 5, 6], [7, 8, 0, 0, 0]]),
+             "attention_mask": torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])}
+    read = train_vlm.condition_text(batch, ["edit", "vqa", "prompt"], image)
+    assert read.tolist() == [[True, False, False, True, False], [False] * 5, [True, True, False, False, False]]
+    probe = train_vlm.TokenProbe(4, 10)
+    hidden = torch.randn(3, 5, 4)
+    logits = probe.head(hidden[read])
+    expected = torch.nn.functional.cross_entropy(logits, torch.tensor([1, 2, 7, 8]))
+    assert torch.allclose(probe.loss(hidden, batch["input_ids"], read), expected)
+
+
+def test_tasks_weigh_by_their_share_not_their_token_count() -> None:
+    losses = {"vqa": torch.tensor(1.0), "describe": torch.tensor(0.0)}
+    share = train_vlm.TASK_WEIGHTS["vqa"] / (train_vlm.TASK_WEIGHTS["vqa"] + train_vlm.TASK_WEIGHTS["describe"])
+    assert float(train_vlm.weighted_loss(losses)) == pytest.approx(share)
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +238,7 @@ class _Keep(random.Random):
 def test_conditions_are_the_servers(smoke: tuple[Path, dict[str, Any]], runner: QwenImageFlowRunner) -> None:
     frozen = train_dit.load_frozen(smoke[0])
     clean, text, mask = train_dit.t2i_batch(frozen, 0, 0, 3, _Keep())
-    captions = [train_dit.caption_example(Split.TRAIN, j).caption.text for j in range(3)]
+    captions = [train_dit.drawing_example(Split.TRAIN, j).caption.text for j in range(3)]
     served = runner.conditioner.prompts([PromptSpec(caption) for caption in captions])
     for row, embedding in enumerate(served):
         length = embedding.num_tokens
