@@ -87,12 +87,17 @@ class Relation:
     def kind(self) -> str:
         return "position"
 
-    def holds(self, objects: Sequence[Described]) -> bool:
-        return any(
-            first is not second and self.a.matches(first) and self.b.matches(second) and relation_holds(
-                first.cell, self.relation, second.cell)
-            for first in objects for second in objects
+    def witness(self, objects: Sequence[Described]) -> tuple[Described, Described] | None:
+        """The first pair (a, b) of ``objects`` the relation holds for, or None."""
+        return next(
+            ((first, second) for first in objects for second in objects
+             if first is not second and self.a.matches(first) and self.b.matches(second)
+             and relation_holds(first.cell, self.relation, second.cell)),
+            None,
         )
+
+    def holds(self, objects: Sequence[Described]) -> bool:
+        return self.witness(objects) is not None
 
 
 @dataclass(frozen=True)

@@ -115,9 +115,10 @@ def named_scene(scene: Scene, caption: Caption) -> Scene:
             matching = [obj for obj in scene.objects if requirement.pattern.matches(obj)]
             kept.update(matching[:requirement.n] if requirement.at_least else matching)
         elif isinstance(requirement, Relation):
-            kept.update(next((a, b) for a in scene.objects for b in scene.objects if a is not b
-                             and requirement.a.matches(a) and requirement.b.matches(b)
-                             and relation_holds(a.cell, requirement.relation, b.cell)))
+            pair = requirement.witness(scene.objects)
+            if pair is None:
+                raise ValueError(f"{caption.text!r} is not true of {scene}")
+            kept.update(pair)
         else:  # Total: every object is named
             kept.update(scene.objects)
     return Scene(tuple(kept))

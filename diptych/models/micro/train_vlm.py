@@ -298,14 +298,15 @@ def train_vlm(out: Path, arch: Architecture, budget: Budget, seed: int, log: Los
         examples = batch_examples(processor, seed, step, budget.batch_size)
         batch = collate(processor, examples, model)
         labels = batch.pop("labels")
+        tasks = [example.task for example in examples]
         vision_tokens.clear()
         outputs = model(**batch, output_hidden_states=True)
         logits = outputs.logits
-        losses = task_losses(logits, labels, [example.task for example in examples])
+        losses = task_losses(logits, labels, tasks)
         lm = weighted_loss(losses)
         scenes = [scene for example in examples for scene in example.scenes]
         probe_losses = probe.loss(vision_tokens[0], scenes) if scenes else {}
-        read = condition_text(batch, [example.task for example in examples], model.config.image_token_id)
+        read = condition_text(batch, tasks, model.config.image_token_id)
         if read.any():
             probe_losses["token"] = token_probe.loss(outputs.hidden_states[-1], batch["input_ids"], read)
         loss = lm + PROBE_WEIGHT * sum(probe_losses.values(), torch.zeros(()))
