@@ -4,7 +4,7 @@ The layout and conventions are those of ``models/qwen_image/tiny.py`` (diffusers
 Qwen-Image-Edit layout: ``model_index.json``, ``text_encoder/``, ``tokenizer/``,
 ``processor/``, ``transformer/``, ``vae/``, ``scheduler/``), so the family adapter serves it
 like any public checkpoint. What differs is what is in it: a tokenizer learnt on the
-shapes world, a processor that sees every picture at 112×112 (16 vision tokens), and
+shapes world, a processor that sees every picture at 84×84 (9 vision tokens, one a cell), and
 trained weights. Each training stage saves its own part; :func:`write_skeleton` writes the
 parts no stage trains.
 """
@@ -34,8 +34,11 @@ SIZE = 64  # the world's pictures; also ShapesBench's default size
 # its area in model_index.json (SOURCE_AREA_KEY) and the adapter passes it to the runner.
 EDIT_SOURCE_AREA = SIZE * SIZE
 MAX_CHECKPOINT_BYTES = 40 * 1000 * 1000
-# The VLM sees every picture at 112×112: 8×8 patches of 14 px, merged 2×2 into 16 tokens.
-VISION_PIXELS = 112 * 112
+# The VLM sees every picture at 84×84: 6×6 patches of 14 px, merged 2×2 into 3×3 tokens,
+# one for each cell of the world's grid, so an object's attributes sit in one token for the
+# language model to find (at 112×112 a 4×4 token grid cut every cell, and the centre cell's
+# object was split across four tokens).
+VISION_PIXELS = 84 * 84
 _CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 _CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
@@ -166,7 +169,7 @@ def check_size(out: Path, limit: int = MAX_CHECKPOINT_BYTES) -> int:
 def _write_processor(processor_dir: Path, tokenizer: Any, arch: Architecture) -> None:
     tokenizer.save_pretrained(processor_dir)
     # min = max pixels: every picture (a 64×64 scene, a chat image, an edit source) is seen
-    # at about 112×112, so training and serving give the VLM the same 16 tokens.
+    # at 84×84, so training and serving give the VLM the same 9 tokens.
     shared = {
         "min_pixels": VISION_PIXELS, "max_pixels": VISION_PIXELS,
         "size": {"shortest_edge": VISION_PIXELS, "longest_edge": VISION_PIXELS},

@@ -16,10 +16,11 @@ tokens (and the closing ``<|im_end|>``) carry the loss; prompt and padding token
   world's language.
 
 Alongside, ``vision_probe.VisionProbe`` reads the vision tokens of every picture whose
-scene is known and trains the tower directly (what fills each cell, where each token is),
-and ``token_probe.TokenProbe`` keeps each text token of the ``edit`` and ``prompt`` rows
-readable from its last hidden state, which is what the transformer attends to; the
-probes are discarded when the model is saved.
+scene is known and trains the tower directly (what fills each token's cell, where it is),
+``token_probe.TokenProbe`` keeps each text token of the ``edit`` and ``prompt`` rows
+readable from its last hidden state, which is what the transformer attends to, and
+``grounding_probe.GroundingProbe`` makes the state each VQA answer is generated from
+know which cells the question is about; the probes are discarded when the model is saved.
 
 The language-model loss is the mean over each task's answer tokens, weighted by the
 task's share of the stream (``weighted_loss``).
@@ -34,7 +35,6 @@ from __future__ import annotations
 import io
 import itertools
 import logging
-import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,7 +49,6 @@ from diptych.bench.shapesbench import answer_matches, vqa_items
 from diptych.engine.types import ChatMessage, ImagePart, TextPart
 from diptych.models.micro.checkpoint import (
     EDIT_SOURCE_AREA,
-    VISION_PIXELS,
     Architecture,
     build_vlm,
     load_processor,
@@ -61,6 +60,7 @@ from diptych.models.micro.data import (
     edit_example,
     vqa_example,
 )
+from diptych.models.micro.grounding_probe import GroundingProbe
 from diptych.models.micro.language import caption_of_kind
 from diptych.models.micro.token_probe import TokenProbe
 from diptych.models.micro.tokenizer import DESCRIBE_QUESTIONS
@@ -116,6 +116,8 @@ class LMExample:
     # Later turns of a conversation: (the text from the previous <|im_end|> to the next
     # answer, that answer). The first turn is exactly the server's one-question chat.
     follow_ups: tuple[tuple[str, str], ...] = ()
+    # Per answered turn of a VQA chat, the cells its question is about (the grounding probe's targets).
+    grounding: tuple[frozenset[int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -175,7 +177,8 @@ def make_example(processor: Any, task: str, index: int) -> LMExample:
         pairs = conversation_pairs(vqa.scene, vqa.pair, index)
         return LMExample(task, chat_prompt(processor, vqa.image, vqa.pair.question), (vqa.image,), vqa.pair.answer,
                          vision_positions=True, scenes=(vqa.scene,),
-                         follow_ups=follow_up_turns(processor, vqa.image, pairs))
+                         follow_ups=follow_up_turns(processor, vqa.image, pairs),
+                         grounding=tuple(pair.cells for pair in pairs))
     if task == "describe":
         described = caption_example(Split.TRAIN, index, kind="full")
         question = DESCRIBE_QUESTIONS[index % len(DESCRIBE_QUESTIONS)]
@@ -247,6 +250,28 @@ def collate(processor: Any, examples: Sequence[LMExample], model: Any) -> dict[s
     return batch
 
 
+def answer_starts(labels: torch.Tensor) -> list[list[int]]:
+    """Per row, the positions whose next-token prediction is the first token of an answer."""
+    answered = labels != IGNORE
+    starts = answered[:, 1:] & ~answered[:, :-1]
+    return [row.nonzero().flatten().tolist() for row in starts]
+
+
+def grounding_loss(probe: GroundingProbe, hidden: torch.Tensor, labels: torch.Tensor,
+                   examples: Sequence[LMExample]) -> torch.Tensor | None:
+    """The grounding probe's loss over every answered turn that has cells to find; None if none has."""
+    rows, positions, cells = [], [], []
+    for row, (starts, example) in enumerate(zip(answer_starts(labels), examples, strict=True)):
+        if not example.grounding:
+            continue
+        if len(starts) != len(example.grounding):
+            raise ValueError(f"{len(starts)} answers in row {row} for {len(example.grounding)} grounded turns")
+        rows += [row] * len(starts)
+        positions += starts
+        cells += example.grounding
+    return probe.loss(hidden, rows, positions, cells) if rows else None
+
+
 def task_losses(logits: torch.Tensor, labels: torch.Tensor, tasks: Sequence[str]) -> dict[str, torch.Tensor]:
     """Mean next-token cross-entropy over the answer tokens of each task in the batch.
 
@@ -285,10 +310,10 @@ def train_vlm(out: Path, arch: Architecture, budget: Budget, seed: int, log: Los
     torch.manual_seed(seed)
     model = build_vlm(arch, processor.tokenizer)
     model.train()
-    side = math.isqrt(VISION_PIXELS) // (arch.vision["patch_size"] * arch.vision["spatial_merge_size"])
-    probe = VisionProbe(arch.text["hidden_size"], side, side)
+    probe = VisionProbe(arch.text["hidden_size"])
     token_probe = TokenProbe(arch.text["hidden_size"], model.config.text_config.vocab_size)
-    optimizer = make_optimizer(torch.nn.ModuleList([model, probe, token_probe]), budget)
+    grounding_probe = GroundingProbe(arch.text["hidden_size"])
+    optimizer = make_optimizer(torch.nn.ModuleList([model, probe, token_probe, grounding_probe]), budget)
     vision_tokens: list[torch.Tensor] = []
     # The merged vision tokens of the batch's pictures, as the language model receives them.
     hook = model.model.visual.register_forward_hook(
@@ -309,6 +334,9 @@ def train_vlm(out: Path, arch: Architecture, budget: Budget, seed: int, log: Los
         read = condition_text(batch, tasks, model.config.image_token_id)
         if read.any():
             probe_losses["token"] = token_probe.loss(outputs.hidden_states[-1], batch["input_ids"], read)
+        grounding = grounding_loss(grounding_probe, outputs.hidden_states[-1], labels, examples)
+        if grounding is not None:
+            probe_losses["grounding"] = grounding
         loss = lm + PROBE_WEIGHT * sum(probe_losses.values(), torch.zeros(()))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

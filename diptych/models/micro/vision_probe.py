@@ -2,14 +2,16 @@
 
 Learning to answer from next-token loss alone is slow for a vision tower trained from
 scratch: the answer's gradient reaches the picture only through attention the language
-model has not learnt yet, so both wait on each other. Two heads read the merged vision
-tokens directly and give the tower a dense signal from the first step:
+model has not learnt yet, so both wait on each other. The processor sees every picture at
+a size whose merged tokens are the world's 3×3 cells, one token a cell
+(``checkpoint.VISION_PIXELS``), and two heads read each token on its own, giving the tower
+a dense signal from the first step:
 
-* **scene**: all of a picture's tokens, flattened, predict what fills each of the 3×3
-  cells (empty, or shape × colour × size), so the tokens come to carry the whole scene;
-* **place**: each token on its own predicts its row and column in the token grid. The
-  tower has no absolute position embedding (only rotary, relative, attention), so without
-  this a token does not know where it is and "where is …?" has nothing to copy.
+* **cell**: the token predicts what fills its own cell (empty, or shape × colour × size),
+  so a question's answer sits in one token that attention can find by its content;
+* **place**: the token predicts its row and column. The tower has no absolute position
+  embedding (only rotary, relative, attention), so without this a token does not know
+  where it is and "where is …?" has nothing to copy.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from torch import nn
 from diptych.models.micro.world import COLORS, GRID, SHAPES, SIZES, Scene, ShapeObject
 
 CELL_CLASSES = 1 + len(SHAPES) * len(COLORS) * len(SIZES)  # class 0: an empty cell
-_HIDDEN = 512
+TOKENS_PER_PICTURE = GRID * GRID
+_HIDDEN = 256
 
 
 def cell_class(obj: ShapeObject) -> int:
@@ -39,24 +42,20 @@ def scene_targets(scene: Scene) -> list[int]:
 
 
 class VisionProbe(nn.Module):
-    """Both heads, for pictures that all have the same ``rows × cols`` grid of merged tokens."""
+    """Both heads, for pictures of one merged token per cell, in raster order."""
 
-    def __init__(self, width: int, rows: int, cols: int) -> None:
+    def __init__(self, width: int) -> None:
         super().__init__()
-        self.rows, self.cols = rows, cols
-        self.scene = nn.Sequential(nn.Linear(rows * cols * width, _HIDDEN), nn.GELU(),
-                                   nn.Linear(_HIDDEN, GRID * GRID * CELL_CLASSES))
-        self.place = nn.Linear(width, rows + cols)
+        self.cell = nn.Sequential(nn.Linear(width, _HIDDEN), nn.GELU(), nn.Linear(_HIDDEN, CELL_CLASSES))
+        self.place = nn.Linear(width, GRID + GRID)
 
     def loss(self, tokens: torch.Tensor, scenes: Sequence[Scene]) -> dict[str, torch.Tensor]:
-        """``tokens``: ``[pictures · rows · cols, width]`` in raster order per picture, as the tower returns them."""
-        count, grid = len(scenes), self.rows * self.cols
-        if tokens.shape[0] != count * grid:
-            raise ValueError(f"{tokens.shape[0]} vision tokens for {count} pictures of {grid} tokens")
-        scene_logits = self.scene(tokens.reshape(count, -1)).reshape(count * GRID * GRID, CELL_CLASSES)
-        scene_labels = torch.tensor([label for scene in scenes for label in scene_targets(scene)])
-        index = torch.arange(grid).repeat(count)
+        """``tokens``: ``[pictures · cells, width]`` in raster order per picture, as the tower returns them."""
+        if tokens.shape[0] != len(scenes) * TOKENS_PER_PICTURE:
+            raise ValueError(f"{tokens.shape[0]} vision tokens for {len(scenes)} pictures of "
+                             f"{TOKENS_PER_PICTURE} tokens (one a cell)")
+        labels = torch.tensor([label for scene in scenes for label in scene_targets(scene)])
+        cells = torch.arange(TOKENS_PER_PICTURE).repeat(len(scenes))
         place = self.place(tokens)
-        place_loss = (F.cross_entropy(place[:, : self.rows], index // self.cols)
-                      + F.cross_entropy(place[:, self.rows:], index % self.cols))
-        return {"scene": F.cross_entropy(scene_logits, scene_labels), "place": place_loss}
+        place_loss = F.cross_entropy(place[:, :GRID], cells // GRID) + F.cross_entropy(place[:, GRID:], cells % GRID)
+        return {"cell": F.cross_entropy(self.cell(tokens), labels), "place": place_loss}

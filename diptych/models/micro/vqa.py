@@ -24,6 +24,9 @@ class VQAPair:
     question: str
     answer: str
     kind: str
+    # Cells of the objects the question is about: the one it names, or every one it counts
+    # or asks for (none, when the answer is 0 or "no").
+    cells: frozenset[int]
 
 
 def sample_question(scene: Scene, rng: random.Random, kind: str | None = None) -> VQAPair:
@@ -48,7 +51,8 @@ def _about_object(scene: Scene, rng: random.Random, attribute: str, template: st
         obj = scene.objects[index]
         reference = refer(obj, scene, rng, avoid=frozenset({attribute}))
         if reference is not None:
-            return VQAPair(template.format(ref=reference), answer(index), attribute if attribute != "cell" else "position")
+            return VQAPair(template.format(ref=reference), answer(index), attribute if attribute != "cell" else "position",
+                           frozenset({obj.cell}))
     return None
 
 
@@ -70,7 +74,8 @@ def _count(scene: Scene, rng: random.Random) -> VQAPair:
     shape, color = (obj.shape, obj.color) if rng.random() < 0.5 else (rng.choice(SHAPES), rng.choice(COLORS))
     pattern = rng.choice([Pattern(), Pattern(shape=shape), Pattern(color=color), Pattern(shape=shape, color=color)])
     plural = noun(pattern, count=2).split(" ", 1)[1]  # "two red circles" → "red circles"
-    return VQAPair(f"how many {plural} are there?", str(pattern.count(scene.objects)), "count")
+    return VQAPair(f"how many {plural} are there?", str(pattern.count(scene.objects)), "count",
+                   _cells(pattern, scene))
 
 
 def _exist(scene: Scene, rng: random.Random) -> VQAPair:
@@ -88,9 +93,14 @@ def _exist(scene: Scene, rng: random.Random) -> VQAPair:
                 Pattern(shape=rng.choice(SHAPES), cell=rng.randrange(GRID * GRID)),
             ])
         if (pattern.count(scene.objects) > 0) == wanted:
-            return VQAPair(f"is there {noun(pattern)}?", "yes" if wanted else "no", "exist")
+            return VQAPair(f"is there {noun(pattern)}?", "yes" if wanted else "no", "exist", _cells(pattern, scene))
     # Only reached for "no" when every guess exists, which needs the scene to hold every shape.
-    return VQAPair(f"is there {noun(Pattern(shape=scene.objects[0].shape))}?", "yes", "exist")
+    pattern = Pattern(shape=scene.objects[0].shape)
+    return VQAPair(f"is there {noun(pattern)}?", "yes", "exist", _cells(pattern, scene))
+
+
+def _cells(pattern: Pattern, scene: Scene) -> frozenset[int]:
+    return frozenset(obj.cell for obj in scene.objects if pattern.matches(obj))
 
 
 _ASKERS: dict[str, Callable[[Scene, random.Random], VQAPair | None]] = {

@@ -90,10 +90,14 @@ def test_questions_have_the_answers_their_scene_gives() -> None:
             attribute = {"what color is": "color", "what shape is": "shape", "where is": "cell"}[verb]
             assert getattr(read, attribute) is None, "the question names what it asks"
             assert pair.answer == (CELL_NAMES[obj.cell] if attribute == "cell" else getattr(obj, attribute))
-        elif verb == "how many":
-            assert pair.answer == str(len(read.select(scene)))
+            assert pair.cells == {obj.cell}
+            continue
+        selected = read.select(scene)
+        assert pair.cells == {obj.cell for obj in selected}  # what is counted or sought, perhaps nothing
+        if verb == "how many":
+            assert pair.answer == str(len(selected))
         else:
-            assert pair.answer == ("yes" if read.select(scene) else "no")
+            assert pair.answer == ("yes" if selected else "no")
             yes[pair.answer] += 1
     assert set(kinds) == set(QUESTION_KINDS) and min(kinds.values()) >= 70
     assert 0.35 < yes["yes"] / sum(yes.values()) < 0.65

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from diptych import compat
 from diptych.models.micro import train_dit, train_vlm
@@ -62,8 +63,8 @@ def test_every_stage_runs_logs_and_writes_its_part(smoke: tuple[Path, dict[str, 
     assert all(np.isfinite(r["loss"]) for r in losses)
     # The vision probe trains the tower beside the language model, and is logged with it.
     # (A batch of text-only examples has no pictures and no probe loss.)
-    probed = [r for r in losses if r["stage"] == "vlm" and "probe_scene" in r]
-    assert probed and all(np.isfinite(r["probe_scene"]) and np.isfinite(r["probe_place"]) for r in probed)
+    probed = [r for r in losses if r["stage"] == "vlm" and "probe_cell" in r]
+    assert probed and all(np.isfinite(r["probe_cell"]) and np.isfinite(r["probe_place"]) for r in probed)
     assert records[-1]["event"] == "done" and records[-1]["weights_bytes"] == check_size(out)
     for part in ("vae/diffusion_pytorch_model.safetensors", "transformer/diffusion_pytorch_model.safetensors",
                  "text_encoder/model.safetensors"):
@@ -196,6 +197,28 @@ def test_a_vqa_example_is_a_conversation_about_one_picture(smoke: tuple[Path, di
     rendered = render_chat(processor, tuple(messages)).text + pairs[-1].answer + train_vlm.END_OF_TURN
     later = "".join(text + answer + train_vlm.END_OF_TURN for text, answer in example.follow_ups)
     assert example.prompt + example.target + train_vlm.END_OF_TURN + later == rendered
+
+
+def test_grounding_reads_the_state_before_each_answer(smoke: tuple[Path, dict[str, Any]], vlm: Any) -> None:
+    from diptych.models.micro.grounding_probe import GroundingProbe, cell_targets
+
+    processor = load_processor(smoke[0])
+    chat, caption = train_vlm.make_example(processor, "vqa", 5), train_vlm.make_example(processor, "describe", 6)
+    batch = train_vlm.collate(processor, [chat, caption], vlm)
+    labels = batch["labels"]
+    starts = train_vlm.answer_starts(labels)
+    tokenizer = processor.tokenizer
+    answers = [chat.target] + [answer for _, answer in chat.follow_ups]
+    assert len(starts[0]) == len(answers) == len(chat.grounding) and len(starts[1]) == 1
+    for position, answer in zip(starts[0], answers):  # the next label is the answer's first token
+        assert labels[0, position] == train_vlm.IGNORE
+        assert labels[0, position + 1] == tokenizer(answer, add_special_tokens=False)["input_ids"][0]
+    # Only the VQA row's answers are read: the loss is the probe's on exactly those states.
+    probe, hidden = GroundingProbe(8), torch.randn(*labels.shape, 8)
+    loss = train_vlm.grounding_loss(probe, hidden, labels, [chat, caption])
+    expected = F.binary_cross_entropy_with_logits(probe.head(hidden[0, starts[0]]), cell_targets(chat.grounding))
+    assert loss is not None and torch.allclose(loss, expected)
+    assert train_vlm.grounding_loss(probe, hidden, labels, [caption, caption]) is None
 
 
 @torch.no_grad()

@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 import torch
 
-from diptych.models.micro.vision_probe import CELL_CLASSES, VisionProbe, cell_class, scene_targets
-from diptych.models.micro.world import COLORS, GRID, SHAPES, SIZES, Scene, ShapeObject
+from diptych.models.micro.checkpoint import SMOKE, load_processor, write_skeleton
+from diptych.models.micro.vision_probe import (
+    CELL_CLASSES,
+    TOKENS_PER_PICTURE,
+    VisionProbe,
+    cell_class,
+    scene_targets,
+)
+from diptych.models.micro.world import (
+    COLORS,
+    GRID,
+    SHAPES,
+    SIZES,
+    Scene,
+    ShapeObject,
+    render,
+)
 
 
 def test_every_object_kind_has_its_own_class() -> None:
@@ -26,29 +42,27 @@ def test_targets_mark_the_objects_cells_and_leave_the_rest_empty() -> None:
 
 
 def test_a_token_count_that_is_not_the_grid_is_refused() -> None:
-    probe = VisionProbe(width=8, rows=2, cols=2)
+    probe = VisionProbe(width=8)
     scene = Scene((ShapeObject(4, "circle", "red", "small"),))
-    with pytest.raises(ValueError, match="5 vision tokens for 1 pictures of 4 tokens"):
-        probe.loss(torch.zeros(5, 8), [scene])
+    with pytest.raises(ValueError, match="16 vision tokens for 1 pictures of 9 tokens"):
+        probe.loss(torch.zeros(16, 8), [scene])
 
 
-def test_both_losses_fall_when_the_tokens_carry_the_scene() -> None:
-    # Tokens made from the scene (its cell classes and each token's own place) are what a
-    # trained tower gives; the probe must then be able to read both back.
+def test_both_losses_fall_when_each_token_carries_its_cell() -> None:
+    # Tokens made from their own cell's class and their own place are what a trained tower
+    # gives; the probe must then be able to read both back, token by token.
     torch.manual_seed(0)
-    rows = cols = 2
-    scenes = [Scene((ShapeObject(cell, SHAPES[cell % 3], COLORS[cell % 6], SIZES[cell % 2]),)) for cell in range(9)]
-    code = torch.nn.Embedding(CELL_CLASSES * GRID * GRID + rows * cols, 16)
+    scenes = [Scene((ShapeObject(cell, SHAPES[cell % 3], COLORS[cell % 6], SIZES[cell % 2]),
+                     ShapeObject((cell + 4) % 9, SHAPES[(cell + 1) % 3], COLORS[(cell + 2) % 6], SIZES[(cell + 1) % 2])))
+              for cell in range(9)]
+    code = torch.nn.Embedding(CELL_CLASSES + TOKENS_PER_PICTURE, 16)
 
     def tokens() -> torch.Tensor:
-        per_picture = []
-        for scene in scenes:
-            content = code(torch.tensor([i * CELL_CLASSES + c for i, c in enumerate(scene_targets(scene))])).sum(0)
-            place = code(CELL_CLASSES * GRID * GRID + torch.arange(rows * cols))
-            per_picture.append(content + place)
-        return torch.cat(per_picture).detach()
+        classes = torch.tensor([label for scene in scenes for label in scene_targets(scene)])
+        places = CELL_CLASSES + torch.arange(TOKENS_PER_PICTURE).repeat(len(scenes))
+        return (code(classes) + code(places)).detach()
 
-    probe = VisionProbe(width=16, rows=rows, cols=cols)
+    probe = VisionProbe(width=16)
     inputs = tokens()
     first = {name: value.item() for name, value in probe.loss(inputs, scenes).items()}
     optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2)
@@ -58,5 +72,14 @@ def test_both_losses_fall_when_the_tokens_carry_the_scene() -> None:
         sum(losses.values(), torch.zeros(())).backward()
         optimizer.step()
     last = {name: value.item() for name, value in probe.loss(inputs, scenes).items()}
-    assert set(first) == {"scene", "place"}
-    assert last["scene"] < 0.1 * first["scene"] and last["place"] < 0.1 * first["place"]
+    assert set(first) == {"cell", "place"}
+    assert last["cell"] < 0.1 * first["cell"] and last["place"] < 0.1 * first["place"]
+
+
+def test_the_processor_gives_one_token_a_cell(tmp_path: Path) -> None:
+    write_skeleton(tmp_path, SMOKE)
+    processor = load_processor(tmp_path)
+    picture = render(Scene((ShapeObject(4, "circle", "red", "small"),)))
+    grid = processor.image_processor(images=[picture], return_tensors="pt")["image_grid_thw"][0].tolist()
+    merge = SMOKE.vision["spatial_merge_size"]
+    assert grid == [1, GRID * merge, GRID * merge]
