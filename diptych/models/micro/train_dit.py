@@ -14,6 +14,10 @@ server's own code, not a re-implementation:
 * one prompt in ten is replaced by the server's unconditional prompt (``" "``, for an
   edit with the source image kept), which is what classifier-free guidance subtracts.
 
+The examples are encoded once, before the first step, into an ``ExamplePool`` that every
+step samples with fresh noise: the frozen encoders cost more per example than the
+transformer's training step does.
+
 Noise levels are drawn logit-normal and then shifted as the scheduler shifts them for a
 64×64 picture (16 latent tokens), so training sees the sigmas inference visits. The
 closing evaluation runs the server's ``QwenImageFlowRunner`` on the saved checkpoint with
@@ -22,10 +26,12 @@ the server's default steps and guidance and judges with ShapesBench's judges.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import math
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +40,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tqdm import tqdm
 
 from diptych.bench import shapesbench as sb
 from diptych.engine.types import ImageRequest
@@ -66,6 +73,8 @@ from diptych.models.qwen_image.vae_fast import install_single_frame_paths
 logger = logging.getLogger(__name__)
 
 PROMPT_DROPOUT = 0.1
+# Examples encoded once for the whole stage (half text-to-image, half edits); see ExamplePool.
+POOL_EXAMPLES = 16_384
 SEED_STRIDE = 10_000_000
 EVAL_STEPS = 20  # the server's default num_inference_steps
 EVAL_GUIDANCE = 4.0  # the server's default guidance_scale
@@ -136,52 +145,104 @@ def flow_loss(transformer: Any, frozen: Frozen, clean: torch.Tensor, text: torch
     return F.mse_loss(output[:, :tokens], noise - clean)
 
 
-def trainable(embeds: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    # The encoder runs under inference_mode; its tensors cannot enter autograd until copied.
-    return [embed.clone() for embed in embeds]
-
-
 def dropped(prompts: Sequence[str], rng: random.Random) -> list[str]:
     """Prompts with one in ten replaced by the unconditional prompt the server guides against."""
     return [EMPTY_NEGATIVE_PROMPT if rng.random() < PROMPT_DROPOUT else prompt for prompt in prompts]
 
 
-def t2i_batch(frozen: Frozen, seed: int, step: int, size: int, rng: random.Random
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    base = seed * SEED_STRIDE + step * size
-    examples = [drawing_example(Split.TRAIN, base + j) for j in range(size)]
+@dataclass(frozen=True)
+class Encoded:
+    """One training example as the transformer receives it, encoded once by the frozen parts."""
+
+    clean: torch.Tensor  # packed latents of the picture to draw, [tokens, channels]
+    text: torch.Tensor  # the prompt's condition, [1, L, D]
+    source: torch.Tensor | None = None  # an edit's packed source latents, [tokens, channels]
+
+
+def t2i_examples(frozen: Frozen, start: int, count: int, rng: random.Random) -> list[Encoded]:
+    """Drawings ``start … start+count-1`` of the training split, encoded."""
+    examples = [drawing_example(Split.TRAIN, start + j) for j in range(count)]
     prompts = dropped([example.caption.text for example in examples], rng)
-    text, mask = pad_prompts(trainable([e.embeds for e in frozen.encoder.encode_texts(prompts)]))
-    return encode_latents(frozen.vae, [example.image for example in examples]), text, mask
+    embeddings = frozen.encoder.encode_texts(prompts)
+    clean = encode_latents(frozen.vae, [example.image for example in examples])
+    # clone: the encoder runs under inference_mode, and a view would keep the whole batch alive.
+    return [Encoded(row.clone(), embedding.embeds.clone()) for row, embedding in zip(clean, embeddings, strict=True)]
 
 
-def edit_batch(frozen: Frozen, seed: int, step: int, size: int, rng: random.Random
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    base = seed * SEED_STRIDE + step * size
-    examples = [edit_example(Split.TRAIN, base + j) for j in range(size)]
+def edit_examples(frozen: Frozen, start: int, count: int, rng: random.Random) -> list[Encoded]:
+    """Edits ``start … start+count-1`` of the training split, encoded (the source prepared as the server prepares it)."""
+    examples = [edit_example(Split.TRAIN, start + j) for j in range(count)]
     sources = [prepare_source(example.source_image, EDIT_SOURCE_AREA) for example in examples]
     prompts = dropped([example.triplet.instruction for example in examples], rng)
     embeddings = frozen.encoder.encode_with_images(list(zip(prompts, sources, strict=True)))
-    text, mask = pad_prompts(trainable([e.embeds for e in embeddings]))
-    target = encode_latents(frozen.vae, [example.target_image for example in examples])
-    return target, text, mask, encode_latents(frozen.vae, sources)
+    targets = encode_latents(frozen.vae, [example.target_image for example in examples])
+    source_latents = encode_latents(frozen.vae, sources)
+    return [Encoded(target.clone(), embedding.embeds.clone(), source.clone())
+            for target, embedding, source in zip(targets, embeddings, source_latents, strict=True)]
+
+
+def stack(examples: Sequence[Encoded]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """A batch: clean latents, right-padded conditions and their mask (as the runner pads them), sources."""
+    text, mask = pad_prompts([example.text for example in examples])
+    sources = [example.source for example in examples]
+    source = torch.stack(sources) if all(s is not None for s in sources) else None  # type: ignore[arg-type]
+    return torch.stack([example.clean for example in examples]), text, mask, source
+
+
+@dataclass(frozen=True)
+class ExamplePool:
+    """Training examples encoded once and sampled by every step.
+
+    Encoding (the VLM over each prompt, the VAE over each picture) costs three times what
+    the transformer's step costs per example; encoding each example once and revisiting it
+    with fresh noise lets the stage take larger batches and more steps in the same minutes.
+    """
+
+    t2i: tuple[Encoded, ...]
+    edit: tuple[Encoded, ...]
+
+    def batch(self, rng: random.Random, size: int) -> tuple[list[Encoded], list[Encoded]]:
+        """``size`` examples, half text-to-image and half edits, drawn without repetition."""
+        half = max(size // 2, 1)
+        return rng.sample(self.t2i, min(half, len(self.t2i))), rng.sample(self.edit, min(half, len(self.edit)))
+
+
+def build_pool(frozen: Frozen, seed: int, size: int, *, chunk: int = 64, show_progress: bool = True) -> ExamplePool:
+    """``size`` examples, half of each kind, example indices unique to (seed, position)."""
+    t2i: list[Encoded] = []
+    edit: list[Encoded] = []
+    half = max(size // 2, 1)
+    with tqdm(total=2 * half, desc="dit examples", unit="ex", disable=not show_progress, dynamic_ncols=True) as bar:
+        for start in range(0, half, chunk):
+            count = min(chunk, half - start)
+            rng = random.Random(f"diptych-micro/dit-pool/{seed}/{start}")
+            t2i += t2i_examples(frozen, seed * SEED_STRIDE + start, count, rng)
+            edit += edit_examples(frozen, seed * SEED_STRIDE + start, count, rng)
+            bar.update(2 * count)
+    return ExamplePool(tuple(t2i), tuple(edit))
 
 
 def train_dit(out: Path, arch: Architecture, budget: Budget, seed: int, log: LossLog, *, eval_items: int = 40,
               show_progress: bool = True) -> DiTReport:
     frozen = load_frozen(out)
+    started = time.monotonic()
+    pool = build_pool(frozen, seed, min(POOL_EXAMPLES, budget.steps * budget.batch_size),
+                      show_progress=show_progress)
+    encoding = time.monotonic() - started
+    log.write({"stage": "dit", "event": "pool", "examples": len(pool.t2i) + len(pool.edit), "seconds": round(encoding, 1)})
+    # The stage's time cap covers the encoding too.
+    budget = dataclasses.replace(budget, max_minutes=max(budget.max_minutes - encoding / 60, 0.0))
     torch.manual_seed(seed)
     transformer = build_transformer(arch, out)
     transformer.train()
     optimizer = make_optimizer(transformer, budget)
-    half = max(budget.batch_size // 2, 1)
 
     def step_fn(step: int) -> dict[str, float]:
-        rng = random.Random(f"diptych-micro/dit/{seed}/{step}")
         generator = step_generator(seed, "dit", step)
-        clean, text, mask = t2i_batch(frozen, seed, step, half, rng)
+        t2i, edits = pool.batch(random.Random(f"diptych-micro/dit/{seed}/{step}"), budget.batch_size)
+        clean, text, mask, _ = stack(t2i)
         loss_t2i = flow_loss(transformer, frozen, clean, text, mask, generator)
-        clean, text, mask, source = edit_batch(frozen, seed, step, half, rng)
+        clean, text, mask, source = stack(edits)
         loss_edit = flow_loss(transformer, frozen, clean, text, mask, generator, source)
         loss = (loss_t2i + loss_edit) / 2
         optimizer.zero_grad(set_to_none=True)
@@ -190,9 +251,11 @@ def train_dit(out: Path, arch: Architecture, budget: Budget, seed: int, log: Los
         optimizer.step()
         if eval_items and budget.eval_every and (step + 1) % budget.eval_every == 0 and step + 1 < budget.steps:
             transformer.save_pretrained(out / "transformer")
-            t2i, edit = evaluate_images(out, eval_items)
-            log.write({"stage": "dit", "event": "eval", "step": step + 1, "t2i_accuracy": t2i, "edit_accuracy": edit})
-            logger.info("dit step %d: held-out text-to-image %.0f%%, edit %.0f%%", step + 1, 100 * t2i, 100 * edit)
+            t2i_accuracy, edit_accuracy = evaluate_images(out, eval_items)
+            log.write({"stage": "dit", "event": "eval", "step": step + 1, "t2i_accuracy": t2i_accuracy,
+                       "edit_accuracy": edit_accuracy})
+            logger.info("dit step %d: held-out text-to-image %.0f%%, edit %.0f%%", step + 1, 100 * t2i_accuracy,
+                        100 * edit_accuracy)
         return {"loss": loss.item(), "t2i": loss_t2i.item(), "edit": loss_edit.item()}
 
     result = run_stage("dit", budget, optimizer, step_fn, log, show_progress=show_progress)

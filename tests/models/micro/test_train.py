@@ -260,7 +260,7 @@ class _Keep(random.Random):
 
 def test_conditions_are_the_servers(smoke: tuple[Path, dict[str, Any]], runner: QwenImageFlowRunner) -> None:
     frozen = train_dit.load_frozen(smoke[0])
-    clean, text, mask = train_dit.t2i_batch(frozen, 0, 0, 3, _Keep())
+    clean, text, mask, _ = train_dit.stack(train_dit.t2i_examples(frozen, 0, 3, _Keep()))
     captions = [train_dit.drawing_example(Split.TRAIN, j).caption.text for j in range(3)]
     served = runner.conditioner.prompts([PromptSpec(caption) for caption in captions])
     for row, embedding in enumerate(served):
@@ -269,7 +269,8 @@ def test_conditions_are_the_servers(smoke: tuple[Path, dict[str, Any]], runner: 
         assert mask is None or (mask[row, :length].all() and not mask[row, length:].any())
     assert clean.shape[1] == (64 // 16) ** 2
 
-    _, text, mask, source = train_dit.edit_batch(frozen, 0, 0, 2, _Keep())
+    _, text, mask, source = train_dit.stack(train_dit.edit_examples(frozen, 0, 2, _Keep()))
+    assert source is not None
     for row in range(2):
         example = train_dit.edit_example(Split.TRAIN, row)
         image = prepare_source(example.source_image, EDIT_SOURCE_AREA)
@@ -277,6 +278,23 @@ def test_conditions_are_the_servers(smoke: tuple[Path, dict[str, Any]], runner: 
         embedding = runner.conditioner.prompts([PromptSpec(example.triplet.instruction, image, key)])[0]
         assert torch.equal(text[row, : embedding.num_tokens], embedding.embeds[0])
         assert torch.allclose(source[row], runner.conditioner.source_latents(image, key)[0], atol=1e-4)
+
+
+def test_the_pool_encodes_each_example_once_and_batches_half_of_each_kind(smoke: tuple[Path, dict[str, Any]]) -> None:
+    frozen = train_dit.load_frozen(smoke[0])
+    pool = train_dit.build_pool(frozen, seed=0, size=6, chunk=2, show_progress=False)
+    assert len(pool.t2i) == len(pool.edit) == 3
+    # Example 2 sits in the second chunk; alone it encodes (and drops its prompt or not) the same.
+    rng = random.Random("diptych-micro/dit-pool/0/2")
+    alone_t2i = train_dit.t2i_examples(frozen, 2, 1, rng)[0]
+    alone_edit = train_dit.edit_examples(frozen, 2, 1, rng)[0]
+    assert torch.equal(pool.t2i[2].text, alone_t2i.text) and torch.allclose(pool.t2i[2].clean, alone_t2i.clean, atol=1e-5)
+    assert torch.equal(pool.edit[2].text, alone_edit.text) and alone_edit.source is not None
+    assert torch.allclose(pool.edit[2].source, alone_edit.source, atol=1e-5)  # type: ignore[arg-type]
+    t2i, edits = pool.batch(random.Random(0), 4)
+    assert len(t2i) == len(edits) == 2
+    assert len({id(example) for example in t2i}) == 2  # no example twice in a batch
+    assert all(example.source is None for example in t2i) and all(example.source is not None for example in edits)
 
 
 def test_prompt_dropout_uses_the_unconditional_prompt() -> None:
