@@ -44,8 +44,12 @@ class Pattern:
                                (self.cell, obj.cell))
         )
 
+    def select(self, objects: Sequence[Described]) -> list[Described]:
+        """The objects that match, in order."""
+        return [obj for obj in objects if self.matches(obj)]
+
     def count(self, objects: Sequence[Described]) -> int:
-        return sum(self.matches(obj) for obj in objects)
+        return len(self.select(objects))
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,7 @@ def named_scene(scene: Scene, caption: Caption) -> Scene:
     kept: set[ShapeObject] = set()
     for requirement in caption.requirements:
         if isinstance(requirement, Count):
-            matching = [obj for obj in scene.objects if requirement.pattern.matches(obj)]
+            matching = requirement.pattern.select(scene.objects)
             kept.update(matching[:requirement.n] if requirement.at_least else matching)
         elif isinstance(requirement, Relation):
             pair = requirement.witness(scene.objects)

@@ -193,9 +193,10 @@ def stack(examples: Sequence[Encoded]) -> tuple[torch.Tensor, torch.Tensor, torc
 class ExamplePool:
     """Training examples encoded once and sampled by every step.
 
-    Encoding (the VLM over each prompt, the VAE over each picture) costs three times what
-    the transformer's step costs per example; encoding each example once and revisiting it
-    with fresh noise lets the stage take larger batches and more steps in the same minutes.
+    Encoding (the VLM over each prompt, the VAE over each picture) costs 10 ms an example at
+    two threads, more than the transformer's step costs per example (0.18 s for 16, 0.41 s
+    for 64); encoding each example once and revisiting it with fresh noise lets the stage
+    take larger batches and more steps in the same minutes.
     """
 
     t2i: tuple[Encoded, ...]

@@ -9,10 +9,10 @@ Kinds and answers: ``color`` (a colour word), ``shape`` (circle/square/triangle)
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from diptych.models.micro.checks import Pattern
+from diptych.models.micro.checks import Described, Pattern
 from diptych.models.micro.language import noun, refer
 from diptych.models.micro.world import CELL_NAMES, COLORS, GRID, SHAPES, SIZES, Scene
 
@@ -74,8 +74,8 @@ def _count(scene: Scene, rng: random.Random) -> VQAPair:
     shape, color = (obj.shape, obj.color) if rng.random() < 0.5 else (rng.choice(SHAPES), rng.choice(COLORS))
     pattern = rng.choice([Pattern(), Pattern(shape=shape), Pattern(color=color), Pattern(shape=shape, color=color)])
     plural = noun(pattern, count=2).split(" ", 1)[1]  # "two red circles" → "red circles"
-    return VQAPair(f"how many {plural} are there?", str(pattern.count(scene.objects)), "count",
-                   _cells(pattern, scene))
+    counted = pattern.select(scene.objects)
+    return VQAPair(f"how many {plural} are there?", str(len(counted)), "count", _cells(counted))
 
 
 def _exist(scene: Scene, rng: random.Random) -> VQAPair:
@@ -92,15 +92,16 @@ def _exist(scene: Scene, rng: random.Random) -> VQAPair:
                 Pattern(shape=rng.choice(SHAPES), color=rng.choice(COLORS), size=rng.choice(SIZES)),
                 Pattern(shape=rng.choice(SHAPES), cell=rng.randrange(GRID * GRID)),
             ])
-        if (pattern.count(scene.objects) > 0) == wanted:
-            return VQAPair(f"is there {noun(pattern)}?", "yes" if wanted else "no", "exist", _cells(pattern, scene))
+        found = pattern.select(scene.objects)
+        if bool(found) == wanted:
+            return VQAPair(f"is there {noun(pattern)}?", "yes" if wanted else "no", "exist", _cells(found))
     # Only reached for "no" when every guess exists, which needs the scene to hold every shape.
     pattern = Pattern(shape=scene.objects[0].shape)
-    return VQAPair(f"is there {noun(pattern)}?", "yes", "exist", _cells(pattern, scene))
+    return VQAPair(f"is there {noun(pattern)}?", "yes", "exist", _cells(pattern.select(scene.objects)))
 
 
-def _cells(pattern: Pattern, scene: Scene) -> frozenset[int]:
-    return frozenset(obj.cell for obj in scene.objects if pattern.matches(obj))
+def _cells(objects: Sequence[Described]) -> frozenset[int]:
+    return frozenset(obj.cell for obj in objects)
 
 
 _ASKERS: dict[str, Callable[[Scene, random.Random], VQAPair | None]] = {
