@@ -66,9 +66,9 @@ FULL = Architecture(
     vision={"depth": 2, "hidden_size": 128, "intermediate_size": 256, "num_heads": 2, "in_channels": 3,
             "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "tokens_per_second": 2,
             "window_size": 112, "fullatt_block_indexes": [1], "hidden_act": "silu"},
-    # Width 128 (2 heads of 64), 6 blocks; 16 target tokens (+16 source tokens) per 64×64 picture.
-    transformer={"patch_size": 2, "num_layers": 6, "attention_head_dim": 64, "num_attention_heads": 2,
-                 "guidance_embeds": False, "axes_dims_rope": [16, 24, 24]},
+    # Width 128 (4 heads of 32), 6 blocks; 16 target tokens (+16 source tokens) per 64×64 picture.
+    transformer={"patch_size": 2, "num_layers": 6, "attention_head_dim": 32, "num_attention_heads": 4,
+                 "guidance_embeds": False, "axes_dims_rope": [8, 12, 12]},
 )
 
 # For the smoke test: every part as small as the libraries allow, same layout.

@@ -18,10 +18,11 @@ The examples are encoded once, before the first step, into an ``ExamplePool`` th
 step samples with fresh noise: the frozen encoders cost more per example than the
 transformer's training step does.
 
-Noise levels are drawn logit-normal and then shifted as the scheduler shifts them for a
-64×64 picture (16 latent tokens), so training sees the sigmas inference visits. The
-closing evaluation runs the server's ``QwenImageFlowRunner`` on the saved checkpoint with
-the server's default steps and guidance and judges with ShapesBench's judges.
+Noise levels are drawn logit-normal around ``NOISE_LOCATION`` and then shifted as the
+scheduler shifts them for a 64×64 picture (16 latent tokens). The transformer starts as
+DiT's adaLN-Zero: every block the identity, the output zero. The closing evaluation runs
+the server's ``QwenImageFlowRunner`` on the saved checkpoint with the server's default
+steps and guidance and judges with ShapesBench's judges.
 """
 
 from __future__ import annotations
@@ -76,6 +77,11 @@ PROMPT_DROPOUT = 0.1
 # Examples encoded once for the whole stage (half text-to-image, half edits); see ExamplePool.
 POOL_EXAMPLES = 16_384
 SEED_STRIDE = 10_000_000
+# Location of the logit-normal noise levels, before the scheduler's shift. At 0 (SD3's
+# choice) 11% of training σ fall above 0.85, where the server's 20-step sampler spends a
+# quarter of its steps and where a prompt's choices (shape, colour, cell) are made; at 0.5,
+# 23% do, and 3% fall below 0.3 (9% at 0).
+NOISE_LOCATION = 0.5
 EVAL_STEPS = 20  # the server's default num_inference_steps
 EVAL_GUIDANCE = 4.0  # the server's default guidance_scale
 
@@ -134,7 +140,7 @@ def flow_loss(transformer: Any, frozen: Frozen, clean: torch.Tensor, text: torch
     """Velocity-matching loss on the target tokens: ``x_t = (1-σ)·x0 + σ·ε``, target ``ε - x0``."""
     batch, tokens = clean.shape[0], clean.shape[1]
     noise = torch.randn(clean.shape, generator=generator)
-    t = torch.sigmoid(torch.randn(batch, generator=generator)).clamp(1e-3, 1 - 1e-3)
+    t = torch.sigmoid(NOISE_LOCATION + torch.randn(batch, generator=generator)).clamp(1e-3, 1 - 1e-3)
     sigma = shifted_sigmas(t, tokens, frozen.shift)
     noisy = (1 - sigma[:, None, None]) * clean + sigma[:, None, None] * noise
     side = math.isqrt(tokens)  # square pictures: a side×side grid of packed tokens
@@ -143,6 +149,24 @@ def flow_loss(transformer: Any, frozen: Frozen, clean: torch.Tensor, text: torch
     output = transformer(hidden_states=hidden, timestep=sigma, encoder_hidden_states=text,
                          encoder_hidden_states_mask=mask, img_shapes=[shapes] * batch, return_dict=False)[0]
     return F.mse_loss(output[:, :tokens], noise - clean)
+
+
+def zero_init_modulation(transformer: Any) -> None:
+    """adaLN-Zero (DiT): every block's modulation, hence its gates, and the output layer start
+    at zero, so each block begins as the identity and the first prediction is zero.
+
+    Measured after 1,000 steps from the same pool and noise, against diffusers' default
+    initialisation: held-out flow loss at σ 0.9 of 0.535 against 0.553 for text-to-image,
+    0.291 against 0.366 for edits.
+    """
+    with torch.no_grad():
+        for block in transformer.transformer_blocks:
+            for modulation in (block.img_mod[1], block.txt_mod[1]):
+                modulation.weight.zero_()
+                modulation.bias.zero_()
+        for layer in (transformer.norm_out.linear, transformer.proj_out):
+            layer.weight.zero_()
+            layer.bias.zero_()
 
 
 def dropped(prompts: Sequence[str], rng: random.Random) -> list[str]:
@@ -235,6 +259,7 @@ def train_dit(out: Path, arch: Architecture, budget: Budget, seed: int, log: Los
     budget = dataclasses.replace(budget, max_minutes=max(budget.max_minutes - encoding / 60, 0.0))
     torch.manual_seed(seed)
     transformer = build_transformer(arch, out)
+    zero_init_modulation(transformer)
     transformer.train()
     optimizer = make_optimizer(transformer, budget)
 

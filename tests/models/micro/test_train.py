@@ -15,7 +15,12 @@ import torch.nn.functional as F
 
 from diptych import compat
 from diptych.models.micro import train_dit, train_vlm
-from diptych.models.micro.checkpoint import EDIT_SOURCE_AREA, check_size, load_processor
+from diptych.models.micro.checkpoint import (
+    EDIT_SOURCE_AREA,
+    SMOKE,
+    check_size,
+    load_processor,
+)
 from diptych.models.micro.train import (
     SMOKE_BUDGETS,
     STAGES,
@@ -323,6 +328,23 @@ def test_flow_loss_targets_velocity_on_target_tokens_only() -> None:
     noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(1))
     # A zero prediction costs the squared velocity ε - x0 of the 16 target tokens; source tokens do not count.
     assert torch.allclose(loss, (noise - clean).pow(2).mean())
+
+
+def test_zero_init_makes_every_block_the_identity_and_the_output_zero() -> None:
+    from diffusers import QwenImageTransformer2DModel
+
+    transformer = QwenImageTransformer2DModel(**SMOKE.transformer, in_channels=16, out_channels=4,
+                                              joint_attention_dim=8)
+    train_dit.zero_init_modulation(transformer)
+    seen: list[tuple[dict[str, Any], tuple[torch.Tensor, torch.Tensor]]] = []
+    for block in transformer.transformer_blocks:
+        block.register_forward_hook(lambda _m, _args, kwargs, out: seen.append((kwargs, out)), with_kwargs=True)
+    output = transformer(hidden_states=torch.randn(2, 16, 16), timestep=torch.tensor([0.5, 0.9]),
+                         encoder_hidden_states=torch.randn(2, 3, 8), img_shapes=[[(1, 4, 4)]] * 2, return_dict=False)[0]
+    assert len(seen) == len(transformer.transformer_blocks)
+    for kwargs, (text_out, image_out) in seen:  # each block hands its streams on unchanged
+        assert torch.equal(image_out, kwargs["hidden_states"]) and torch.equal(text_out, kwargs["encoder_hidden_states"])
+    assert torch.count_nonzero(output) == 0
 
 
 def test_learning_rate_warms_up_and_decays_to_a_tenth() -> None:
