@@ -31,8 +31,10 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> No
     raise AssertionError(f"timed out waiting for {what}")
 
 
-# A few seconds of denoising on CPU: surely still running when a test acts on the server.
-SLOW_GENERATION: dict[str, Any] = {"prompt": "a slow job", "size": "128x128", "num_inference_steps": 300, "seed": 3}
+# Seconds of denoising on CPU, to be still running when a test acts on the server. At 300
+# steps, with a training job sharing the cores, the job once finished before the test's next
+# two requests did (graceful shutdown then had nothing to drain).
+SLOW_GENERATION: dict[str, Any] = {"prompt": "a slow job", "size": "128x128", "num_inference_steps": 1000, "seed": 3}
 
 
 class SlowGeneration:
