@@ -31,10 +31,12 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> No
     raise AssertionError(f"timed out waiting for {what}")
 
 
-# Seconds of denoising on CPU, to be still running when a test acts on the server. At 300
-# steps, with a training job sharing the cores, the job once finished before the test's next
-# two requests did (graceful shutdown then had nothing to drain).
+# Seconds of denoising on CPU (about 7 quiet, over 30 with a training job on the cores), to be
+# still running when a test acts on the server: at 300 steps, under load, the job once ended
+# before the test's next two requests did, and graceful shutdown had nothing to drain. Servers
+# that drain it give it SLOW_DRAIN_S.
 SLOW_GENERATION: dict[str, Any] = {"prompt": "a slow job", "size": "128x128", "num_inference_steps": 1000, "seed": 3}
+SLOW_DRAIN_S = 300
 
 
 class SlowGeneration:
@@ -44,11 +46,11 @@ class SlowGeneration:
         self.body = {"model": model, **SLOW_GENERATION}
         self._responses: list[httpx.Response] = []
         self._thread = threading.Thread(target=lambda: self._responses.append(
-            httpx.post(f"{server.base_url}/v1/images/generations", json=self.body, timeout=120)))
+            httpx.post(f"{server.base_url}/v1/images/generations", json=self.body, timeout=SLOW_DRAIN_S)))
         self._thread.start()
         wait_until(lambda: metric(server, "diptych_active_batch_size", engine="flow") >= 1, 60, "denoising to start")
 
-    def response(self, timeout_s: float = 120) -> httpx.Response:
+    def response(self, timeout_s: float = SLOW_DRAIN_S) -> httpx.Response:
         self._thread.join(timeout_s)
         assert self._responses, f"the slow generation did not finish within {timeout_s} s"
         return self._responses[0]

@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from diptych.bench.server_process import ServerProcess, start_server
-from tests.e2e.probes import SlowGeneration, metric, wait_until
+from tests.e2e.probes import SLOW_DRAIN_S, SlowGeneration, metric, wait_until
 
 MODEL = "tiny-edit"
 RECOVERY_TIMEOUT_S = 300  # a new vLLM engine on a loaded 2-core machine
@@ -29,7 +29,7 @@ RECOVERY_TIMEOUT_S = 300  # a new vLLM engine on a loaded 2-core machine
 @pytest.fixture(scope="module")
 def server(edit_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     process = start_server(edit_checkpoint, tmp_path_factory.mktemp("crash"), "--queue-depth", "64",
-                           "--max-steps", "100000")
+                           "--max-steps", "100000", "--shutdown-timeout", str(SLOW_DRAIN_S))
     yield process
     process.stop()
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.e2e.probes import SlowGeneration, metric, wait_until
+from tests.e2e.probes import SLOW_DRAIN_S, SlowGeneration, metric, wait_until
 from diptych.bench.server_process import start_server
 
 MODEL = "tiny-edit"
@@ -20,7 +20,8 @@ MODEL = "tiny-edit"
 def test_sigterm_finishes_the_work_in_flight_and_refuses_new_work(
     edit_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    server = start_server(edit_checkpoint, tmp_path_factory.mktemp("shutdown"), "--max-steps", "1000")
+    server = start_server(edit_checkpoint, tmp_path_factory.mktemp("shutdown"), "--max-steps", "1000",
+                          "--shutdown-timeout", str(SLOW_DRAIN_S))
     try:
         job = SlowGeneration(server, MODEL)
         body = job.body
