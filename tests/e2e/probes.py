@@ -31,9 +31,9 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> No
     raise AssertionError(f"timed out waiting for {what}")
 
 
-# Seconds of denoising on CPU (about 7 quiet, over 30 with a training job on the cores), to be
-# still running when a test acts on the server: at 300 steps, under load, the job once ended
-# before the test's next two requests did, and graceful shutdown had nothing to drain. Servers
+# Denoising long enough to be still running when a test acts on the server: at 300 steps, under
+# a training job's load, the job once ended before the test's next two requests did, and
+# graceful shutdown had nothing to drain; 1,000 steps once took over 30 s under load. Servers
 # that drain it give it SLOW_DRAIN_S.
 SLOW_GENERATION: dict[str, Any] = {"prompt": "a slow job", "size": "128x128", "num_inference_steps": 1000, "seed": 3}
 SLOW_DRAIN_S = 300
