@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from diptych.models.micro.tokenizer import build_tokenizer
+from diptych.models.qwen_image.adapter import GUIDANCE_SCALE_KEY
 from diptych.models.qwen_image.chat_template import CHAT_TEMPLATE
 from diptych.models.qwen_image.source import SOURCE_AREA_KEY
 from diptych.models.qwen_image.tiny import SCHEDULER_CONFIG, text_hidden_size
@@ -33,6 +34,11 @@ SIZE = 64  # the world's pictures; also ShapesBench's default size
 # per transformer row, which no 2-core training budget can afford; the checkpoint declares
 # its area in model_index.json (SOURCE_AREA_KEY) and the adapter passes it to the runner.
 EDIT_SOURCE_AREA = SIZE * SIZE
+# The checkpoint's default guidance_scale (model_index.json, GUIDANCE_SCALE_KEY). On run b1's
+# transformer (ShapesBench, 105 items of seed 1, which nothing was tuned on), guidance 2 gave
+# text-to-image 54% and edit 23% against 48% and 19% at the public default of 4; at 4, prompts
+# for one object often came out empty.
+GUIDANCE_SCALE = 2.0
 MAX_CHECKPOINT_BYTES = 40 * 1000 * 1000
 # The VLM sees every picture at 84×84: 6×6 patches of 14 px, merged 2×2 into 3×3 tokens,
 # one for each cell of the world's grid, so an object's attributes sit in one token for the
@@ -190,6 +196,7 @@ def _write_model_index(out: Path) -> None:
     index = {
         "_class_name": "QwenImageEditPipeline", "_diffusers_version": diffusers.__version__,
         SOURCE_AREA_KEY: EDIT_SOURCE_AREA,
+        GUIDANCE_SCALE_KEY: GUIDANCE_SCALE,
         "processor": ["transformers", "Qwen2VLProcessor"],
         "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
         "text_encoder": ["transformers", "Qwen2_5_VLForConditionalGeneration"],

@@ -83,7 +83,6 @@ SEED_STRIDE = 10_000_000
 # 23% do, and 3% fall below 0.3 (9% at 0).
 NOISE_LOCATION = 0.5
 EVAL_STEPS = 20  # the server's default num_inference_steps
-EVAL_GUIDANCE = 4.0  # the server's default guidance_scale
 
 
 @dataclass(frozen=True)
@@ -295,12 +294,15 @@ def train_dit(out: Path, arch: Architecture, budget: Budget, seed: int, log: Los
 
 def evaluate_images(out: Path, count: int, batch: int = 16) -> tuple[float, float]:
     """ShapesBench's text-to-image and edit items through the server's flow runner on the saved checkpoint."""
+    from diptych.models.qwen_image.adapter import QwenImageAdapter
     from diptych.models.qwen_image.flow import QwenImageFlowRunner
 
     runner = QwenImageFlowRunner(out, "cpu", source_area=EDIT_SOURCE_AREA)
+    guidance = QwenImageAdapter(out).default_guidance_scale  # what the server would use
     t2i_items, edit_items = sb.t2i_items(count, seed=0), sb.edit_items(count, seed=0)
-    t2i_requests = [_request(f"t2i-{i}", item.prompt) for i, item in enumerate(t2i_items)]
-    edit_requests = [_request(f"edit-{i}", item.instruction, Image.open(io.BytesIO(item.source_png)).convert("RGB"))
+    t2i_requests = [_request(f"t2i-{i}", item.prompt, guidance) for i, item in enumerate(t2i_items)]
+    edit_requests = [_request(f"edit-{i}", item.instruction, guidance,
+                              Image.open(io.BytesIO(item.source_png)).convert("RGB"))
                      for i, item in enumerate(edit_items)]
     t2i_images = _generate(runner, t2i_requests, batch)
     edit_images = _generate(runner, edit_requests, batch)
@@ -309,9 +311,9 @@ def evaluate_images(out: Path, count: int, batch: int = 16) -> tuple[float, floa
     return t2i / max(count, 1), edit / max(count, 1)
 
 
-def _request(request_id: str, prompt: str, source: Image.Image | None = None) -> ImageRequest:
+def _request(request_id: str, prompt: str, guidance: float, source: Image.Image | None = None) -> ImageRequest:
     return ImageRequest(request_id=request_id, prompt=prompt, width=SIZE, height=SIZE,
-                        num_inference_steps=EVAL_STEPS, guidance_scale=EVAL_GUIDANCE, seed=0,
+                        num_inference_steps=EVAL_STEPS, guidance_scale=guidance, seed=0,
                         source_images=(source,) if source is not None else ())
 
 

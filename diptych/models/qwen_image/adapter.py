@@ -8,6 +8,7 @@ through the VLM and the VAE.
 from __future__ import annotations
 
 import json
+import math
 from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,6 +18,11 @@ from diptych.models.base import Capabilities, ChatPrompt, FlowRunner
 from diptych.models.qwen_image.source import DEFAULT_SOURCE_AREA, SOURCE_AREA_KEY
 
 _EDIT_PIPELINES = frozenset({"QwenImageEditPipeline"})
+# The pipelines' default true_cfg_scale. A checkpoint may declare its own in model_index.json
+# under GUIDANCE_SCALE_KEY (diffusers ignores keys that start with "_"), as it declares its
+# edit source area: the shipped micro model draws best at a lower scale than the public ones.
+DEFAULT_GUIDANCE_SCALE = 4.0
+GUIDANCE_SCALE_KEY = "_diptych_default_guidance_scale"
 
 
 class QwenImageAdapter:
@@ -33,6 +39,7 @@ class QwenImageAdapter:
         self.source_area = int(index.get(SOURCE_AREA_KEY, DEFAULT_SOURCE_AREA))
         if self.source_area <= 0:
             raise ValueError(f"{model_dir}/model_index.json: {SOURCE_AREA_KEY} must be positive, got {self.source_area}")
+        self.default_guidance_scale = _declared_guidance(index, model_dir)
         self._staged: Path | None = None
 
     def capabilities(self) -> Capabilities:
@@ -50,7 +57,7 @@ class QwenImageAdapter:
             max_source_images=1,
             supports_mask=False,
             default_steps=20,
-            default_guidance_scale=4.0,
+            default_guidance_scale=self.default_guidance_scale,
         )
 
     def prepare_ar_model(self, staging_root: Path) -> Path:
@@ -86,3 +93,12 @@ class QwenImageAdapter:
         from diptych.models.qwen_image.flow import QwenImageFlowRunner
 
         return QwenImageFlowRunner(self.model_dir, device, source_area=self.source_area)
+
+
+def _declared_guidance(index: dict[str, Any], model_dir: Path) -> float:
+    value = index.get(GUIDANCE_SCALE_KEY, DEFAULT_GUIDANCE_SCALE)
+    # bool is an int to Python, and true is no scale.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{model_dir}/model_index.json: {GUIDANCE_SCALE_KEY} must be a number >= 0 "
+                         f"(1 or less turns guidance off), got {value!r}")
+    return float(value)

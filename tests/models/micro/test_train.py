@@ -17,6 +17,7 @@ from diptych import compat
 from diptych.models.micro import train_dit, train_vlm
 from diptych.models.micro.checkpoint import (
     EDIT_SOURCE_AREA,
+    GUIDANCE_SCALE,
     SMOKE,
     check_size,
     load_processor,
@@ -31,7 +32,7 @@ from diptych.models.micro.train import (
 )
 from diptych.models.micro.training import Budget, learning_rate
 from diptych.models.micro.world import Split
-from diptych.models.qwen_image.adapter import QwenImageAdapter
+from diptych.models.qwen_image.adapter import DEFAULT_GUIDANCE_SCALE, QwenImageAdapter
 from diptych.models.qwen_image.conditioning import PromptSpec, image_digest
 from diptych.models.qwen_image.flow import QwenImageFlowRunner
 from diptych.models.qwen_image.schedule import ShiftConfig, flow_schedule
@@ -76,6 +77,7 @@ def test_every_stage_runs_logs_and_writes_its_part(smoke: tuple[Path, dict[str, 
         assert (out / part).is_file(), part
     index = json.loads((out / "model_index.json").read_text())
     assert index["_class_name"] == "QwenImageEditPipeline" and index[SOURCE_AREA_KEY] == EDIT_SOURCE_AREA
+    assert QwenImageAdapter(out).capabilities().default_guidance_scale == GUIDANCE_SCALE != DEFAULT_GUIDANCE_SCALE
     vae = json.loads((out / "vae/config.json").read_text())
     assert min(vae["latents_std"]) > 0 and vae["latents_std"] != [1.0] * vae["z_dim"]  # measured, not the init
 

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from diptych.engine.types import ChatMessage, ImagePart, TextPart
-from diptych.models.qwen_image.adapter import QwenImageAdapter
+from diptych.models.qwen_image.adapter import (
+    DEFAULT_GUIDANCE_SCALE,
+    GUIDANCE_SCALE_KEY,
+    QwenImageAdapter,
+)
 from diptych.models.registry import architecture_of, load_adapter
 
 
@@ -30,6 +35,21 @@ def test_capabilities(tiny_qwen_image_dir: Path, tiny_qwen_image_edit_dir: Path)
     assert plain.names() == ("understand", "generate")
     assert edit.names() == ("understand", "generate", "edit")
     assert plain.size_multiple == edit.size_multiple == 16
+
+
+def test_a_checkpoint_declares_its_default_guidance(tiny_qwen_image_edit_dir: Path, tmp_path: Path) -> None:
+    assert QwenImageAdapter(tiny_qwen_image_edit_dir).capabilities().default_guidance_scale == DEFAULT_GUIDANCE_SCALE
+    # The adapter reads only model_index.json and vae/config.json.
+    index = json.loads((tiny_qwen_image_edit_dir / "model_index.json").read_text())
+    (tmp_path / "vae").mkdir()
+    shutil.copy(tiny_qwen_image_edit_dir / "vae" / "config.json", tmp_path / "vae" / "config.json")
+    for value in (2, 2.5, 1):
+        (tmp_path / "model_index.json").write_text(json.dumps({**index, GUIDANCE_SCALE_KEY: value}))
+        assert QwenImageAdapter(tmp_path).capabilities().default_guidance_scale == value
+    for bad in (-1, "2", True, None, float("nan")):
+        (tmp_path / "model_index.json").write_text(json.dumps({**index, GUIDANCE_SCALE_KEY: bad}))
+        with pytest.raises(ValueError, match=GUIDANCE_SCALE_KEY):
+            QwenImageAdapter(tmp_path)
 
 
 @pytest.mark.parametrize("which", ["plain", "edit"])
