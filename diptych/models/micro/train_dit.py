@@ -295,10 +295,11 @@ def train_dit(out: Path, arch: Architecture, budget: Budget, seed: int, log: Los
 def evaluate_images(out: Path, count: int, batch: int = 16) -> tuple[float, float]:
     """ShapesBench's text-to-image and edit items through the server's flow runner on the saved checkpoint."""
     from diptych.models.qwen_image.adapter import QwenImageAdapter
-    from diptych.models.qwen_image.flow import QwenImageFlowRunner
 
-    runner = QwenImageFlowRunner(out, "cpu", source_area=EDIT_SOURCE_AREA)
-    guidance = QwenImageAdapter(out).default_guidance_scale  # what the server would use
+    # As the server would: the adapter's runner (declared source area) and default guidance.
+    adapter = QwenImageAdapter(out)
+    runner = adapter.build_flow_runner("cpu")
+    guidance = adapter.capabilities().default_guidance_scale
     t2i_items, edit_items = sb.t2i_items(count, seed=0), sb.edit_items(count, seed=0)
     t2i_requests = [_request(f"t2i-{i}", item.prompt, guidance) for i, item in enumerate(t2i_items)]
     edit_requests = [_request(f"edit-{i}", item.instruction, guidance,
