@@ -218,8 +218,9 @@ class ExamplePool:
 
     Encoding (the VLM over each prompt, the VAE over each picture) costs 10 ms an example at
     two threads, more than the transformer's step costs per example (0.18 s for 16, 0.41 s
-    for 64, measured with two heads of 64; four of 32 cost 4% more); encoding each example once and revisiting it with fresh noise lets the stage
-    take larger batches and more steps in the same minutes.
+    for 64, measured with two heads of 64; four of 32 cost 4% more); encoding each example
+    once and revisiting it with fresh noise lets the stage take larger batches and more steps
+    in the same minutes.
     """
 
     t2i: tuple[Encoded, ...]

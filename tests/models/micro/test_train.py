@@ -37,7 +37,6 @@ from diptych.models.qwen_image.conditioning import PromptSpec, image_digest
 from diptych.models.qwen_image.flow import QwenImageFlowRunner
 from diptych.models.qwen_image.schedule import ShiftConfig, flow_schedule
 from diptych.models.qwen_image.source import (
-    DEFAULT_SOURCE_AREA,
     SOURCE_AREA_KEY,
     prepare_source,
 )
@@ -92,18 +91,6 @@ def test_checkpoint_loads_in_diffusers_and_transformers(smoke: tuple[Path, dict[
     assert pipe.transformer.config.joint_attention_dim == pipe.text_encoder.config.text_config.hidden_size
     vlm = Qwen2_5_VLForConditionalGeneration.from_pretrained(out / "text_encoder")
     assert vlm.config.image_token_id == pipe.tokenizer.convert_tokens_to_ids("<|image_pad|>")
-
-
-def test_the_adapter_takes_the_declared_source_area(tmp_path: Path) -> None:
-    index = {"_class_name": "QwenImageEditPipeline", **{part: ["x", "y"] for part in
-                                                        ("text_encoder", "tokenizer", "transformer", "vae", "scheduler")}}
-    (tmp_path / "model_index.json").write_text(json.dumps(index))
-    assert QwenImageAdapter(tmp_path).source_area == DEFAULT_SOURCE_AREA  # public checkpoints: as diffusers
-    (tmp_path / "model_index.json").write_text(json.dumps({**index, SOURCE_AREA_KEY: 4096}))
-    assert QwenImageAdapter(tmp_path).source_area == 4096
-    (tmp_path / "model_index.json").write_text(json.dumps({**index, SOURCE_AREA_KEY: 0}))
-    with pytest.raises(ValueError, match="must be positive"):
-        QwenImageAdapter(tmp_path)
 
 
 def test_size_limit_is_enforced(smoke: tuple[Path, dict[str, Any]]) -> None:

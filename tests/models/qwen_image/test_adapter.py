@@ -15,6 +15,7 @@ from diptych.models.qwen_image.adapter import (
     GUIDANCE_SCALE_KEY,
     QwenImageAdapter,
 )
+from diptych.models.qwen_image.source import DEFAULT_SOURCE_AREA, SOURCE_AREA_KEY
 from diptych.models.registry import architecture_of, load_adapter
 
 
@@ -50,6 +51,18 @@ def test_a_checkpoint_declares_its_default_guidance(tiny_qwen_image_edit_dir: Pa
         (tmp_path / "model_index.json").write_text(json.dumps({**index, GUIDANCE_SCALE_KEY: bad}))
         with pytest.raises(ValueError, match=GUIDANCE_SCALE_KEY):
             QwenImageAdapter(tmp_path)
+
+
+def test_the_adapter_takes_the_declared_source_area(tmp_path: Path) -> None:
+    index = {"_class_name": "QwenImageEditPipeline", **{part: ["x", "y"] for part in
+                                                        ("text_encoder", "tokenizer", "transformer", "vae", "scheduler")}}
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    assert QwenImageAdapter(tmp_path).source_area == DEFAULT_SOURCE_AREA  # public checkpoints: as diffusers
+    (tmp_path / "model_index.json").write_text(json.dumps({**index, SOURCE_AREA_KEY: 4096}))
+    assert QwenImageAdapter(tmp_path).source_area == 4096
+    (tmp_path / "model_index.json").write_text(json.dumps({**index, SOURCE_AREA_KEY: 0}))
+    with pytest.raises(ValueError, match="must be positive"):
+        QwenImageAdapter(tmp_path)
 
 
 @pytest.mark.parametrize("which", ["plain", "edit"])
