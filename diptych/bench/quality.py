@@ -17,8 +17,10 @@ the public API, so any OpenAI-compatible server with the capabilities can be mea
   when the touched cells hold the target's objects and all other cells are unchanged.
 
 Items depend on ``--seed`` and their index only, so runs with the same seed ask the same
-things of any server. A request that fails (HTTP error, unreadable reply) counts as wrong
-and is counted in ``errors``. Prints a table, or one JSON object with ``--json`` (failures included).
+things of any server; each image request carries its own seed, derived from both
+(``shapesbench.noise_seed``), so a score averages over independent draws of the noise.
+A request that fails (HTTP error, unreadable reply) counts as wrong and is counted in
+``errors``. Prints a table, or one JSON object with ``--json`` (failures included).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ class QualityConfig:
     vqa: int = 100
     t2i: int = 70
     edit: int = 40
-    seed: int = 0  # the window of held-out scenes; also sent as every image request's seed
+    seed: int = 0  # the window of held-out scenes, and with each item's index its request's seed
     size: int = 64
     concurrency: int = 4
     timeout_s: float = 600.0
@@ -81,7 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--t2i", type=int, default=70, help="text-to-image prompts (default 70; 0 skips)")
     parser.add_argument("--edit", type=int, default=40, help="edits (default 40; 0 skips)")
     parser.add_argument("--seed", type=int, default=0,
-                        help="which window of held-out scenes, and the seed of image requests (default 0)")
+                        help="which window of held-out scenes; image requests are seeded from it and their index (default 0)")
     parser.add_argument("--size", type=int, default=64, help="side of pictures sent and asked for (default 64)")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
     parser.add_argument("--timeout", dest="timeout_s", type=float, default=600.0, help="per request, s (default 600)")
@@ -172,7 +174,7 @@ class _Runner:
         detail = {"prompt": item.prompt}
         try:
             response = await self._client.post("/v1/images/generations",
-                                               json={"prompt": item.prompt, **self._image_options(self._config.seed)})
+                                               json={"prompt": item.prompt, **self._image_options(item.noise_seed)})
             image = _first_image(response)
         except (httpx.HTTPError, KeyError, IndexError, TypeError, ValueError, OSError) as exc:
             return Outcome(item.kind, False, detail | {"error": _error_text(exc)}, error=True,
@@ -183,7 +185,7 @@ class _Runner:
     async def edit(self, item: sb.EditItem) -> Outcome:
         detail = {"instruction": item.instruction, "source": sb.describe(item.triplet.source.objects),
                   "target": sb.describe(item.triplet.target.objects)}
-        fields = {key: str(value) for key, value in self._image_options(self._config.seed).items()}
+        fields = {key: str(value) for key, value in self._image_options(item.noise_seed).items()}
         try:
             response = await self._client.post("/v1/images/edits", data={"prompt": item.instruction, **fields},
                                                files={"image": ("source.png", item.source_png, "image/png")})

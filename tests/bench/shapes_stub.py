@@ -2,7 +2,8 @@
 
 It answers from the ground truth of the same items the bench builds (same n and seed):
 VQA from the item's answer, generations with a render of the scene the prompt was
-written from, edits with a render of the target. ``mode="wrong_colors"`` gives every
+written from, edits with a render of the target. The seeds of image requests are kept
+in ``app.state.seeds`` (by task). ``mode="wrong_colors"`` gives every
 colour a wrong value (answers and pictures), ``mode="broken_images"`` fails image requests;
 a correct bench must score these lower.
 """
@@ -48,6 +49,7 @@ def stub_app(n: int, seed: int = 0, mode: str = "right") -> FastAPI:
     targets = {(_digest(item.source_png), item.instruction): _recolor(item.triplet.target) if wrong
                else item.triplet.target for item in sb.edit_items(n, seed)}
     app = FastAPI()
+    app.state.seeds = {"t2i": [], "edit": []}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -66,7 +68,9 @@ def stub_app(n: int, seed: int = 0, mode: str = "right") -> FastAPI:
     async def generations(request: Request) -> dict[str, Any] | JSONResponse:
         if mode == "broken_images":
             return JSONResponse({"error": {"message": "boom", "type": "server_error"}}, status_code=500)
-        return _image_response(pictures[(await request.json())["prompt"]])
+        body = await request.json()
+        app.state.seeds["t2i"].append(body["seed"])
+        return _image_response(pictures[body["prompt"]])
 
     @app.post("/v1/images/edits", response_model=None)
     async def edits(request: Request) -> dict[str, Any] | JSONResponse:
@@ -74,6 +78,7 @@ def stub_app(n: int, seed: int = 0, mode: str = "right") -> FastAPI:
             return JSONResponse({"error": {"message": "boom", "type": "server_error"}}, status_code=500)
         form = await request.form()
         source = await form["image"].read()  # type: ignore[union-attr]
+        app.state.seeds["edit"].append(int(str(form["seed"])))
         return _image_response(targets[(_digest(source), str(form["prompt"]))])
 
     return app

@@ -49,7 +49,7 @@ def test_text_to_image_judge_passes_the_scene_and_fails_a_recoloured_one() -> No
 def test_edit_judge_separates_changed_from_kept() -> None:
     source = Scene((ShapeObject(0, "circle", "red", "small"), ShapeObject(4, "square", "blue", "large")))
     item = sb.EditItem(b"", replace(sb.edit_items(1, seed=0)[0].triplet, source=source, kind="recolor", cells=(0,),
-                                    target=Scene((ShapeObject(0, "circle", "green", "small"), source.objects[1]))))
+                                    target=Scene((ShapeObject(0, "circle", "green", "small"), source.objects[1]))), 0)
     assert sb.judge_edit(item.triplet, render(item.triplet.target)).correct
     unchanged = sb.judge_edit(item.triplet, render(source))
     assert (unchanged.changed, unchanged.kept) == (False, True)
@@ -104,6 +104,20 @@ def test_ground_truth_server_scores_100_percent_through_the_cli(stub_url: str, c
 def _run_in_process(mode: str, n: int = N) -> dict:
     config = quality.QualityConfig(url="http://stub", vqa=n, t2i=n, edit=n, concurrency=4)
     return asyncio.run(quality.run_bench(config, transport=httpx.ASGITransport(stub_app(n, mode=mode))))
+
+
+@pytest.mark.timeout(60)
+def test_every_image_item_is_requested_with_its_own_seed() -> None:
+    """A seed an item, from the run's seed and the item's index: independent noise, same in every run."""
+    n, seed = 8, 2
+    app = stub_app(n, seed)
+    config = quality.QualityConfig(url="http://stub", vqa=0, t2i=n, edit=n, seed=seed, concurrency=4)
+    report = asyncio.run(quality.run_bench(config, transport=httpx.ASGITransport(app)))
+    assert report["t2i"]["accuracy"] == report["edit"]["accuracy"] == 1.0
+    expected = [sb.noise_seed(seed, i) for i in range(n)]
+    assert len(set(expected)) == n and expected == [item.noise_seed for item in sb.t2i_items(n, seed)]
+    for task in ("t2i", "edit"):
+        assert sorted(app.state.seeds[task]) == expected
 
 
 @pytest.mark.timeout(120)

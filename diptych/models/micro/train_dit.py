@@ -302,8 +302,8 @@ def evaluate_images(out: Path, count: int, batch: int = 16) -> tuple[float, floa
     runner = adapter.build_flow_runner("cpu")
     guidance = adapter.capabilities().default_guidance_scale
     t2i_items, edit_items = sb.t2i_items(count, seed=0), sb.edit_items(count, seed=0)
-    t2i_requests = [_request(f"t2i-{i}", item.prompt, guidance) for i, item in enumerate(t2i_items)]
-    edit_requests = [_request(f"edit-{i}", item.instruction, guidance,
+    t2i_requests = [_request(f"t2i-{i}", item.prompt, guidance, item.noise_seed) for i, item in enumerate(t2i_items)]
+    edit_requests = [_request(f"edit-{i}", item.instruction, guidance, item.noise_seed,
                               Image.open(io.BytesIO(item.source_png)).convert("RGB"))
                      for i, item in enumerate(edit_items)]
     t2i_images = _generate(runner, t2i_requests, batch)
@@ -313,9 +313,10 @@ def evaluate_images(out: Path, count: int, batch: int = 16) -> tuple[float, floa
     return t2i / max(count, 1), edit / max(count, 1)
 
 
-def _request(request_id: str, prompt: str, guidance: float, source: Image.Image | None = None) -> ImageRequest:
+def _request(request_id: str, prompt: str, guidance: float, seed: int,
+             source: Image.Image | None = None) -> ImageRequest:
     return ImageRequest(request_id=request_id, prompt=prompt, width=SIZE, height=SIZE,
-                        num_inference_steps=EVAL_STEPS, guidance_scale=guidance, seed=0,
+                        num_inference_steps=EVAL_STEPS, guidance_scale=guidance, seed=seed,
                         source_images=(source,) if source is not None else ())
 
 
