@@ -45,8 +45,8 @@ STAGES: tuple[str, ...] = ("vae", "vlm", "dit")
 FULL_BUDGETS: dict[str, Budget] = {
     "vae": Budget(steps=2000, batch_size=16, lr=2e-3, max_minutes=12, warmup_steps=50),
     "vlm": Budget(steps=5000, batch_size=16, lr=1e-3, max_minutes=40, warmup_steps=100, eval_every=1000),
-    # lr 4e-3: against 2e-3 on one VAE and VLM, edit 36% against 25% and text-to-image 46% against 47%
-    # (ShapesBench seed 0, 105 items each), training loss lower throughout (docs/architecture.md, run r2).
+    # lr 4e-3: against 2e-3 on one VAE and VLM, edit 39% against 26% and text-to-image 45% against 42%
+    # (ShapesBench seeds 0 and 1, 210 items each), training loss lower throughout (docs/architecture.md, r2).
     "dit": Budget(steps=4000, batch_size=64, lr=4e-3, max_minutes=36, warmup_steps=200, eval_every=2000),
 }
 SMOKE_BUDGETS: dict[str, Budget] = {
