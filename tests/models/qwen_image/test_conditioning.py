@@ -14,7 +14,7 @@ from diptych.models.qwen_image.conditioning import TensorCache, image_digest
 from diptych.models.qwen_image.flow import QwenImageFlowRunner
 
 # Batched against solo encoding: padded rows change the reduction order of float32 matmuls
-# (2 of 2,304 values off by 1.3e-5 on torch 2.13 / transformers 5.19); a padding leak would move them all.
+# (2 of 2,304 values off by 1.3e-5 on torch 2.13 / transformers 5.19, against values of order 1).
 SAME_NUMBERS = {"atol": 1e-4, "rtol": 1e-4}
 PROMPTS = ["a red circle", "a much longer prompt about a blue square next to a green triangle", "x"]
 
