@@ -23,7 +23,7 @@ from diptych.models.micro.language import (
     CAPTION_KINDS,
     Caption,
     caption_of_kind,
-    named_scene,
+    drawn_scene,
     sample_caption,
 )
 from diptych.models.micro.vqa import VQAPair, sample_question
@@ -74,8 +74,9 @@ def drawing_example(split: Split, index: int, size: int = 64) -> CaptionExample:
     """(caption, the picture of just what it names): what text-to-image learns to draw.
 
     A caption of a scene names some of its objects ("a triangle" of a scene of three); the
-    drawing keeps only those, so a prompt determines what is drawn and nothing unasked for
-    is. Caption kinds are equally likely, as in ShapesBench (a scene a kind does not apply
+    drawing keeps only those, at the cells the caption names or else at a default layout
+    (``language.drawn_scene``), so a prompt determines what is drawn and where, and nothing
+    unasked for is. Caption kinds are equally likely, as in ShapesBench (a scene a kind does not apply
     to, or a drawing of the other split, is redrawn).
     """
     rng = example_rng("drawing", split, index)
@@ -83,7 +84,7 @@ def drawing_example(split: Split, index: int, size: int = 64) -> CaptionExample:
     for _ in range(_MAX_TRIES):
         scene = sample_split_scene(rng, split)
         caption = caption_of_kind(scene, kind, rng)
-        if caption is not None and (drawn := named_scene(scene, caption)).split() is split:
+        if caption is not None and (drawn := drawn_scene(scene, caption)).split() is split:
             return CaptionExample(drawn, render(drawn, size), caption)
     raise RuntimeError(f"no {split.value} drawing in {_MAX_TRIES} scenes")
 

@@ -15,6 +15,7 @@ from diptych.models.micro.language import (
     CAPTION_KINDS,
     Caption,
     caption_of_kind,
+    drawn_scene,
     named_scene,
 )
 from diptych.models.micro.vqa import QUESTION_KINDS, sample_question
@@ -150,3 +151,30 @@ def test_a_drawing_keeps_just_the_objects_its_caption_names() -> None:
     twins = Scene((red_circle, ShapeObject(cell=2, shape="circle", color="red", size="large")))
     one_red_circle = Caption("a red circle", "color", (Count(Pattern(shape="circle", color="red"), 1, at_least=True),))
     assert len(named_scene(twins, one_red_circle).objects) == 1
+
+
+def test_a_drawing_places_what_its_caption_leaves_open_and_keeps_what_it_fixes() -> None:
+    red_circle = ShapeObject(cell=0, shape="circle", color="red", size="small")
+    blue_square = ShapeObject(cell=4, shape="square", color="blue", size="large")
+    green_triangle = ShapeObject(cell=8, shape="triangle", color="green", size="small")
+    scene = Scene((red_circle, blue_square, green_triangle))
+    square, triangle = Pattern(shape="square"), Pattern(shape="triangle")
+    a_triangle_and_a_square = Caption("a triangle and a square", "two_objects",
+                                      (Count(triangle, 1, at_least=True), Count(square, 1, at_least=True)))
+    # In order of mention, side by side on the middle row; attributes the caption leaves open are kept.
+    assert drawn_scene(scene, a_triangle_and_a_square).objects == (
+        ShapeObject(3, "triangle", "green", "small"), ShapeObject(5, "square", "blue", "large"))
+    a_square = Caption("a square", "object", (Count(square, 1, at_least=True),))
+    assert drawn_scene(scene, a_square).objects == (ShapeObject(4, "square", "blue", "large"),)
+    red_circle_pattern, green_triangle_pattern = Pattern("circle", "red"), Pattern("triangle", "green")
+    for relation, cells in (("above", (1, 7)), ("left of", (3, 5))):
+        caption = Caption("", "position", (Relation(red_circle_pattern, relation, green_triangle_pattern),))
+        drawn = drawn_scene(scene, caption)
+        assert {(obj.shape, obj.cell) for obj in drawn.objects} == {("circle", cells[0]), ("triangle", cells[1])}
+        assert caption.requirements[0].holds(drawn.objects)
+    # A caption that places its object, or describes every object, is drawn as written.
+    in_the_corner = Caption("a red circle in the top left", "layout",
+                            (Count(Pattern("circle", "red", "small", 0), 1, at_least=True),))
+    assert drawn_scene(scene, in_the_corner).objects == (red_circle,)
+    full = caption_of_kind(scene, "full", random.Random(0))
+    assert full is not None and drawn_scene(scene, full) == scene
