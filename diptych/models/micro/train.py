@@ -36,12 +36,12 @@ logger = logging.getLogger(__name__)
 
 STAGES: tuple[str, ...] = ("vae", "vlm", "dit")
 
-# The full run's budgets on 2 quiet cores. Seconds per step at two threads, measured: VLM
-# 0.39 (batch 16); transformer 0.41 at batch 64 with two heads of 64 (four of 32 cost 4%
-# more: 574 s against 553 s for 1,000 steps at one thread each, run side by side) after
-# encoding its example pool once (10 ms an example: 16,384 examples in under 3 minutes);
-# VAE 0.50 CPU seconds at one thread. That is about 10 + 33 + 3 + 27 minutes plus
-# evaluations. The minute caps (88 in all) only stop a stage on a slower machine.
+# The full run's budgets on 2 quiet cores. Measured alone at two threads (torch 2.13, run
+# `base` and r3 in docs/architecture.md): VAE 2,000 steps in 6.5 minutes; VLM 0.23 s a step
+# at batch 16 (5,000 in 18.9 minutes); transformer 0.28 s a step at batch 64 (4,000 in 18.9
+# minutes) after encoding its example pool once (16,384 examples in 1.6 minutes). That is
+# about 46 minutes plus evaluations, inside the 90. The minute caps (88 in all)
+# only stop a stage on a slower machine.
 FULL_BUDGETS: dict[str, Budget] = {
     "vae": Budget(steps=2000, batch_size=16, lr=2e-3, max_minutes=12, warmup_steps=50),
     "vlm": Budget(steps=5000, batch_size=16, lr=1e-3, max_minutes=40, warmup_steps=100, eval_every=1000),
