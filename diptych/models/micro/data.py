@@ -76,8 +76,8 @@ def drawing_example(split: Split, index: int, size: int = 64) -> CaptionExample:
     A caption of a scene names some of its objects ("a triangle" of a scene of three); the
     drawing keeps only those, at the cells the caption names or else at a default layout
     (``language.drawn_scene``), so a prompt determines what is drawn and where, and nothing
-    unasked for is. Caption kinds are equally likely, as in ShapesBench (a scene a kind does not apply
-    to, or a drawing of the other split, is redrawn).
+    unasked for is. Caption kinds are equally likely, as in ShapesBench (a scene a kind
+    does not apply to, or a drawing of the other split, is redrawn).
     """
     rng = example_rng("drawing", split, index)
     kind = rng.choice(CAPTION_KINDS)

@@ -12,9 +12,8 @@ attributes as its text, so a caption is by construction true of the scene it des
 
 from __future__ import annotations
 
-import dataclasses
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from diptych.models.micro.checks import (
     Count,
@@ -151,17 +150,18 @@ def drawn_scene(scene: Scene, caption: Caption) -> Scene:
            for r in caption.requirements):
         return named
     relation = next((r for r in caption.requirements if isinstance(r, Relation)), None)
+    objects: tuple[ShapeObject, ...]
     if relation is not None:
         pair = relation.witness(named.objects)
         assert pair is not None  # named_scene keeps the witness
-        cells = RELATION_CELLS[relation.relation]
-        return Scene(tuple(dataclasses.replace(obj, cell=cell) for obj, cell in zip(pair, cells, strict=True)))
-    mentioned: list[ShapeObject] = []
-    for requirement in caption.requirements:
-        assert isinstance(requirement, Count)
-        mentioned += [obj for obj in requirement.pattern.select(named.objects) if obj not in mentioned]
-    cells = DEFAULT_CELLS[len(mentioned)]
-    return Scene(tuple(dataclasses.replace(obj, cell=cell) for obj, cell in zip(mentioned, cells, strict=True)))
+        objects, cells = pair, RELATION_CELLS[relation.relation]
+    else:
+        mentioned: list[ShapeObject] = []
+        for requirement in caption.requirements:
+            assert isinstance(requirement, Count)
+            mentioned += [obj for obj in requirement.pattern.select(named.objects) if obj not in mentioned]
+        objects, cells = tuple(mentioned), DEFAULT_CELLS[len(mentioned)]
+    return Scene(tuple(replace(obj, cell=cell) for obj, cell in zip(objects, cells, strict=True)))
 
 
 def caption_of_kind(scene: Scene, kind: str, rng: random.Random) -> Caption | None:
