@@ -70,6 +70,9 @@ def test_every_stage_runs_logs_and_writes_its_part(smoke: tuple[Path, dict[str, 
     # (A batch of text-only examples has no pictures and no probe loss.)
     probed = [r for r in losses if r["stage"] == "vlm" and "probe_cell" in r]
     assert probed and all(np.isfinite(r["probe_cell"]) and np.isfinite(r["probe_place"]) for r in probed)
+    # So does the change probe beside the transformer, at every logged step.
+    transformer_steps = [r for r in losses if r["stage"] == "dit"]
+    assert transformer_steps and all(np.isfinite(r["change"]) for r in transformer_steps)
     assert records[-1]["event"] == "done" and records[-1]["weights_bytes"] == check_size(out)
     for part in ("vae/diffusion_pytorch_model.safetensors", "transformer/diffusion_pytorch_model.safetensors",
                  "text_encoder/model.safetensors"):
