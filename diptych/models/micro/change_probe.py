@@ -4,11 +4,10 @@ An edit must change the object the instruction names and copy the rest. Run p1's
 transformer hedged over which object that is: with the picture still pure noise (σ 0.995),
 its predicted picture was off by 0.076 on average on tokens the edit leaves alone, and
 objects it should have left alone came out recoloured, or gone, in 20 of its 33 failures
-on 60 ShapesBench edits. The
-flow loss teaches *where* only weakly: near σ 1 its target is mostly noise. This head
-makes the image stream after the middle block predict, for every target token, whether the
-edit changes it: a signal that does not depend on the noise level, since the instruction
-and the source alone decide it.
+on 60 ShapesBench edits. The flow loss teaches *where* only weakly: near σ 1 its target is
+mostly noise. This head makes the image stream after the middle block predict, for every
+target token, whether the edit changes it: a signal that does not depend on the noise
+level, since the instruction and the source alone decide it.
 """
 
 from __future__ import annotations
