@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from diptych.models.micro.tokenizer import build_tokenizer
-from diptych.models.qwen_image.adapter import GUIDANCE_SCALE_KEY
+from diptych.models.qwen_image.adapter import GUIDANCE_SCALE_KEY, IMAGE_SIDE_KEY
 from diptych.models.qwen_image.chat_template import CHAT_TEMPLATE
 from diptych.models.qwen_image.source import SOURCE_AREA_KEY
 from diptych.models.qwen_image.tiny import SCHEDULER_CONFIG, text_hidden_size
@@ -28,7 +28,7 @@ from diptych.models.qwen_image.tiny_vlm import special_token_ids
 
 logger = logging.getLogger(__name__)
 
-SIZE = 64  # the world's pictures; also ShapesBench's default size
+SIZE = 64  # the world's pictures; also ShapesBench's default size, and the checkpoint's default image side
 # Edits: the source is prepared at this area (64×64 stays 64×64). QwenImageEditPipeline
 # brings every source to 1024² pixels; at 8x VAE compression that is 4096 source tokens
 # per transformer row, which no 2-core training budget can afford; the checkpoint declares
@@ -205,6 +205,7 @@ def _write_model_index(out: Path) -> None:
         "_class_name": "QwenImageEditPipeline", "_diffusers_version": diffusers.__version__,
         SOURCE_AREA_KEY: EDIT_SOURCE_AREA,
         GUIDANCE_SCALE_KEY: GUIDANCE_SCALE,
+        IMAGE_SIDE_KEY: SIZE,
         "processor": ["transformers", "Qwen2VLProcessor"],
         "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
         "text_encoder": ["transformers", "Qwen2_5_VLForConditionalGeneration"],

@@ -23,6 +23,10 @@ _EDIT_PIPELINES = frozenset({"QwenImageEditPipeline"})
 # edit source area: the shipped micro model draws best at a lower scale than the public ones.
 DEFAULT_GUIDANCE_SCALE = 4.0
 GUIDANCE_SCALE_KEY = "_diptych_default_guidance_scale"
+# Likewise the side of the square picture drawn when a request names no size: a checkpoint
+# trained at one small size (the micro model, 64) draws noise at the public default of 256.
+DEFAULT_SIDE = 256
+IMAGE_SIDE_KEY = "_diptych_default_image_side"
 
 
 class QwenImageAdapter:
@@ -40,12 +44,17 @@ class QwenImageAdapter:
         if self.source_area <= 0:
             raise ValueError(f"{model_dir}/model_index.json: {SOURCE_AREA_KEY} must be positive, got {self.source_area}")
         self.default_guidance_scale = _declared_guidance(index, model_dir)
+        self.default_side = index.get(IMAGE_SIDE_KEY, DEFAULT_SIDE)
         self._staged: Path | None = None
 
     def capabilities(self) -> Capabilities:
         vae_config = json.loads((self.model_dir / "vae" / "config.json").read_text())
         # Latents are 2x2-patchified after the VAE's 8x downsampling: sides are multiples of 16.
         multiple = 2 ** len(vae_config.get("temperal_downsample", [0, 0, 0])) * 2
+        side = self.default_side
+        if isinstance(side, bool) or not isinstance(side, int) or side < multiple * 2 or side % multiple:
+            raise ValueError(f"{self.model_dir}/model_index.json: {IMAGE_SIDE_KEY} must be a multiple of {multiple} "
+                             f"of at least {multiple * 2}, got {side!r}")
         return Capabilities(
             understand=True,
             generate=True,  # an edit checkpoint also generates from text alone (no source latents)
@@ -53,7 +62,7 @@ class QwenImageAdapter:
             min_side=multiple * 2,
             max_side=2048,
             size_multiple=multiple,
-            default_size=(256, 256),
+            default_size=(side, side),
             max_source_images=1,
             supports_mask=False,
             default_steps=20,

@@ -18,6 +18,7 @@ from diptych.models.micro import train_dit, train_vlm
 from diptych.models.micro.checkpoint import (
     EDIT_SOURCE_AREA,
     GUIDANCE_SCALE,
+    SIZE,
     SMOKE,
     check_size,
     load_processor,
@@ -79,7 +80,9 @@ def test_every_stage_runs_logs_and_writes_its_part(smoke: tuple[Path, dict[str, 
         assert (out / part).is_file(), part
     index = json.loads((out / "model_index.json").read_text())
     assert index["_class_name"] == "QwenImageEditPipeline" and index[SOURCE_AREA_KEY] == EDIT_SOURCE_AREA
-    assert QwenImageAdapter(out).capabilities().default_guidance_scale == GUIDANCE_SCALE != DEFAULT_GUIDANCE_SCALE
+    capabilities = QwenImageAdapter(out).capabilities()
+    assert capabilities.default_guidance_scale == GUIDANCE_SCALE != DEFAULT_GUIDANCE_SCALE
+    assert capabilities.default_size == (SIZE, SIZE)  # what it was trained to draw
     vae = json.loads((out / "vae/config.json").read_text())
     assert min(vae["latents_std"]) > 0 and vae["latents_std"] != [1.0] * vae["z_dim"]  # measured, not the init
 

@@ -13,6 +13,7 @@ from diptych.engine.types import ChatMessage, ImagePart, TextPart
 from diptych.models.qwen_image.adapter import (
     DEFAULT_GUIDANCE_SCALE,
     GUIDANCE_SCALE_KEY,
+    IMAGE_SIDE_KEY,
     QwenImageAdapter,
 )
 from diptych.models.qwen_image.source import DEFAULT_SOURCE_AREA, SOURCE_AREA_KEY
@@ -51,6 +52,19 @@ def test_a_checkpoint_declares_its_default_guidance(tiny_qwen_image_edit_dir: Pa
         (tmp_path / "model_index.json").write_text(json.dumps({**index, GUIDANCE_SCALE_KEY: bad}))
         with pytest.raises(ValueError, match=GUIDANCE_SCALE_KEY):
             QwenImageAdapter(tmp_path)
+
+
+def test_a_checkpoint_declares_its_default_image_side(tiny_qwen_image_edit_dir: Path, tmp_path: Path) -> None:
+    assert QwenImageAdapter(tiny_qwen_image_edit_dir).capabilities().default_size == (256, 256)  # as the public ones
+    index = json.loads((tiny_qwen_image_edit_dir / "model_index.json").read_text())
+    (tmp_path / "vae").mkdir()
+    shutil.copy(tiny_qwen_image_edit_dir / "vae" / "config.json", tmp_path / "vae" / "config.json")
+    (tmp_path / "model_index.json").write_text(json.dumps({**index, IMAGE_SIDE_KEY: 64}))
+    assert QwenImageAdapter(tmp_path).capabilities().default_size == (64, 64)
+    for bad in (0, 16, 72, 64.0, "64", True, None):  # the VAE's multiple is 16, the smallest side 32
+        (tmp_path / "model_index.json").write_text(json.dumps({**index, IMAGE_SIDE_KEY: bad}))
+        with pytest.raises(ValueError, match=IMAGE_SIDE_KEY):
+            QwenImageAdapter(tmp_path).capabilities()
 
 
 def test_the_adapter_takes_the_declared_source_area(tmp_path: Path) -> None:
