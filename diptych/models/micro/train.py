@@ -109,7 +109,7 @@ def train(config: TrainConfig) -> dict[str, object]:
     return summary
 
 
-def parse_overrides(text: str | None, kind: type, flag: str) -> dict[str, float]:
+def parse_overrides(text: str | None, kind: type, flag: str) -> dict[str, float | int | str]:
     """``"vae=300,dit=50"`` → {"vae": 300, "dit": 50}; a bare number applies to every stage."""
     if not text:
         return {}
@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", help="batch size per stage: N, or vae=N,...")
     parser.add_argument("--minutes-per-stage", help="time cap per stage in minutes: M, or vae=M,...")
     parser.add_argument("--lr", help="peak learning rate per stage: X, or vae=X,...")
+    parser.add_argument("--optimizer", help="adamw or muon, per stage: NAME, or vlm=NAME,... (default adamw)")
     parser.add_argument("--eval-every", help="steps between in-stage held-out evaluations: N, or vlm=N,... (0: at the end)")
     parser.add_argument("--architecture", default="full", choices=sorted(ARCHITECTURES))
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2: the whole machine)")
@@ -147,15 +148,17 @@ def main(argv: list[str] | None = None) -> int:
     minutes = parse_overrides(args.minutes_per_stage, float, "--minutes-per-stage")
     rates = parse_overrides(args.lr, float, "--lr")
     evals = parse_overrides(args.eval_every, int, "--eval-every")
+    optimizers = parse_overrides(args.optimizer, str, "--optimizer")
     base = SMOKE_BUDGETS if args.architecture == "smoke" else FULL_BUDGETS
-    budgets = tuple(
-        (name, replace(budget, steps=int(steps.get(name, budget.steps)),
-                       batch_size=int(batches.get(name, budget.batch_size)),
-                       max_minutes=float(minutes.get(name, budget.max_minutes)), lr=float(rates.get(name, budget.lr)),
-                       eval_every=int(evals.get(name, budget.eval_every))))
-        for name, budget in base.items()
-    )
     try:
+        budgets = tuple(
+            (name, replace(budget, steps=int(steps.get(name, budget.steps)),
+                           batch_size=int(batches.get(name, budget.batch_size)),
+                           max_minutes=float(minutes.get(name, budget.max_minutes)),
+                           lr=float(rates.get(name, budget.lr)), eval_every=int(evals.get(name, budget.eval_every)),
+                           optimizer=str(optimizers.get(name, budget.optimizer))))
+            for name, budget in base.items()
+        )
         config = TrainConfig(out=args.out, seed=args.seed, stages=stages, architecture=args.architecture,
                              budgets=budgets, threads=args.threads, eval_items=args.eval_items,
                              show_progress=not args.no_progress)

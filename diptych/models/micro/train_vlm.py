@@ -313,7 +313,9 @@ def train_vlm(out: Path, arch: Architecture, budget: Budget, seed: int, log: Los
     probe = VisionProbe(arch.text["hidden_size"])
     token_probe = TokenProbe(arch.text["hidden_size"], model.config.text_config.vocab_size)
     grounding_probe = GroundingProbe(arch.text["hidden_size"])
-    optimizer = make_optimizer(torch.nn.ModuleList([model, probe, token_probe, grounding_probe]), budget)
+    # Muon, when chosen, for the language model's and vision tower's layers, not its head or the probes.
+    optimizer = make_optimizer(torch.nn.ModuleList([model, probe, token_probe, grounding_probe]), budget,
+                               hidden=model.model)
     vision_tokens: list[torch.Tensor] = []
     # The merged vision tokens of the batch's pictures, as the language model receives them.
     hook = model.model.visual.register_forward_hook(

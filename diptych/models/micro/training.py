@@ -23,6 +23,8 @@ from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
+OPTIMIZERS = ("adamw", "muon")
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -34,6 +36,11 @@ class Budget:
     log_every: int = 10  # steps averaged into one log line
     eval_every: int = 0  # steps between held-out evaluations inside the stage (0: only at its end)
     weight_decay: float = 0.01
+    optimizer: str = "adamw"  # or "muon": Muon for the hidden matrices, AdamW for the rest
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer {self.optimizer!r} is not one of {OPTIMIZERS}")
 
 
 def learning_rate(step: int, budget: Budget) -> float:
@@ -69,7 +76,7 @@ class StageResult:
 def run_stage(
     stage: str,
     budget: Budget,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | OptimizerSet,
     step_fn: Callable[[int], dict[str, float]],
     log: LossLog,
     *,
@@ -117,12 +124,48 @@ def run_stage(
     return StageResult(stage, done, seconds, last, stopped_by_time)
 
 
-def make_optimizer(module: torch.nn.Module, budget: Budget) -> torch.optim.Optimizer:
+class OptimizerSet:
+    """Several optimisers over disjoint parameters, stepped as one (``param_groups`` spans them all)."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer) -> None:
+        self.optimizers = optimizers
+        self.param_groups = [group for optimizer in optimizers for group in optimizer.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+
+def make_optimizer(module: torch.nn.Module, budget: Budget, *,
+                   hidden: torch.nn.Module | None = None) -> torch.optim.Optimizer | OptimizerSet:
+    """AdamW over ``module``; with ``budget.optimizer == "muon"``, Muon takes the weight matrices
+    of the linear layers inside ``hidden`` (default: all of ``module``).
+
+    Muon orthogonalises each update, which suits a layer's weight matrix, not an embedding
+    table, an output head or a norm scale: those stay with AdamW, as in Muon's own recipe.
+    Its learning rate is scaled to match AdamW's update size (``match_rms_adamw``), so both
+    optimisers share the stage's schedule.
+    """
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    matrices: list[torch.nn.Parameter] = []
+    if budget.optimizer == "muon":
+        owned = {id(p) for p in trainable}
+        matrices = [layer.weight for layer in (hidden or module).modules()
+                    if isinstance(layer, torch.nn.Linear) and id(layer.weight) in owned]
+    in_muon = {id(p) for p in matrices}
+    rest = [p for p in trainable if id(p) not in in_muon]
     # No decay on biases and norm scales (1-D tensors), as usual for transformers.
-    decay = [p for p in module.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in module.parameters() if p.requires_grad and p.ndim < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": budget.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=budget.lr, betas=(0.9, 0.98))
+    adamw = torch.optim.AdamW([{"params": [p for p in rest if p.ndim >= 2], "weight_decay": budget.weight_decay},
+                               {"params": [p for p in rest if p.ndim < 2], "weight_decay": 0.0}],
+                              lr=budget.lr, betas=(0.9, 0.98))
+    if not matrices:
+        return adamw
+    muon = torch.optim.Muon(matrices, lr=budget.lr, weight_decay=budget.weight_decay, adjust_lr_fn="match_rms_adamw")
+    return OptimizerSet(muon, adamw)
 
 
 def step_generator(seed: int, stage: str, step: int) -> torch.Generator:

@@ -31,7 +31,7 @@ from diptych.models.micro.train import (
     parse_overrides,
     train,
 )
-from diptych.models.micro.training import Budget, learning_rate
+from diptych.models.micro.training import Budget, OptimizerSet, learning_rate, make_optimizer
 from diptych.models.micro.world import Split
 from diptych.models.qwen_image.adapter import DEFAULT_GUIDANCE_SCALE, QwenImageAdapter
 from diptych.models.qwen_image.conditioning import PromptSpec, image_digest
@@ -361,6 +361,32 @@ def test_bad_arguments_are_refused(tmp_path: Path) -> None:
         TrainConfig(out=tmp_path, stages=("vae", "gan"))
     with pytest.raises(SystemExit, match="unknown stage"):
         main(["--out", str(tmp_path), "--steps", "vae=3,gan=4"])
+    with pytest.raises(SystemExit, match="optimizer 'sgd'"):
+        main(["--out", str(tmp_path), "--optimizer", "vlm=sgd"])
+
+
+def test_muon_takes_the_hidden_layers_matrices_and_adamw_the_rest() -> None:
+    torch.manual_seed(0)
+    body = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 8))
+    model = torch.nn.ModuleDict({"embed": torch.nn.Embedding(5, 8), "body": body, "head": torch.nn.Linear(8, 5)})
+    optimizer = make_optimizer(model, Budget(steps=1, batch_size=1, lr=1e-2, optimizer="muon"), hidden=body)
+    assert isinstance(optimizer, OptimizerSet)
+    muon, adamw = optimizer.optimizers
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    in_muon = {id(p) for group in muon.param_groups for p in group["params"]}
+    assert in_muon == {id(body[0].weight), id(body[2].weight)}
+    in_adamw = {id(p) for group in adamw.param_groups for p in group["params"]}
+    assert in_adamw == {id(p) for p in model.parameters()} - in_muon  # embedding, head, biases, norm
+    for group in optimizer.param_groups:  # the schedule reaches both optimisers
+        group["lr"] = 5e-3
+    assert muon.param_groups[0]["lr"] == adamw.param_groups[0]["lr"] == 5e-3
+    before = [p.detach().clone() for p in model.parameters()]
+    model["head"](body(model["embed"](torch.arange(5)))).logsumexp(-1).sum().backward()
+    optimizer.step()
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
+    optimizer.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+    assert isinstance(make_optimizer(model, Budget(steps=1, batch_size=1, lr=1e-2)), torch.optim.AdamW)
 
 
 def test_a_rerun_with_the_same_seed_reproduces_the_weights(tmp_path: Path) -> None:
@@ -374,3 +400,15 @@ def test_a_rerun_with_the_same_seed_reproduces_the_weights(tmp_path: Path) -> No
         weights.append((tmp_path / run / "vae/diffusion_pytorch_model.safetensors").read_bytes())
     assert weights[0] == weights[1]
     assert weights[0] != weights[2]
+
+
+def test_the_vlm_stage_trains_with_muon(tmp_path: Path) -> None:
+    budgets = tuple((name, Budget(steps=2, batch_size=2, lr=1e-3, warmup_steps=1, log_every=1, optimizer="muon"))
+                    for name in STAGES)
+    config = TrainConfig(out=tmp_path, stages=("vlm",), architecture="smoke", budgets=budgets, threads=1,
+                         eval_items=0, show_progress=False)
+    before = (tmp_path / "text_encoder").exists()
+    summary = train(config)
+    records = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert records[0]["budgets"]["vlm"]["optimizer"] == "muon"
+    assert not before and summary["vlm"]["steps"] == 2 and np.isfinite(summary["vlm"]["loss"])
