@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     )
     cache_dir: Path = Field(
         default_factory=lambda: Path.home() / ".cache" / "diptych",
-        description="Where the default checkpoint and vLLM staging directories are written.",
+        description="Where vLLM staging directories are written.",
     )
     max_input_pixels: int = Field(default=4096 * 4096, ge=64, description="Largest uploaded image, in pixels.")
 

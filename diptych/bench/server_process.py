@@ -53,12 +53,16 @@ class ServerProcess:
         return self.process.returncode
 
 
-def start_server(model_dir: Path, work_dir: Path, *args: str, startup_timeout_s: float = 420) -> ServerProcess:
-    """``diptych serve --model model_dir`` with ``args``; its log and cache under ``work_dir``."""
+def start_server(model_dir: Path | None, work_dir: Path, *args: str, startup_timeout_s: float = 420) -> ServerProcess:
+    """``diptych serve --model model_dir`` (None: the embedded default model) with ``args``.
+
+    Its log and cache go under ``work_dir``.
+    """
     port = free_port()
     log_path = work_dir / f"server-{port}.log"
+    model = ("--model", str(model_dir)) if model_dir is not None else ()
     command = [
-        sys.executable, "-m", "diptych.cli", "serve", "--model", str(model_dir), "--host", "127.0.0.1",
+        sys.executable, "-m", "diptych.cli", "serve", *model, "--host", "127.0.0.1",
         "--port", str(port), "--cache-dir", str(work_dir / "cache"), "--kv-cache-gib", "0.5", *args,
     ]
     # The caller's DIPTYCH_* variables would change the server under test.

@@ -1,29 +1,21 @@
-"""The embedded default checkpoint served when no ``--model`` is given.
+"""The embedded default checkpoint, served when no ``--model`` is given: the micro model.
 
-Until the trained micro model ships, this is a tiny random Qwen-Image-Edit checkpoint
-written on first start: all three capabilities work, and its outputs are noise.
+``diptych-micro`` is what ``python -m diptych.models.micro.train`` writes — a
+Qwen-Image-Edit checkpoint trained on the shapes world — shipped inside the package and
+served by the same family adapter as the public checkpoints. What it scores on ShapesBench
+and how it was trained: docs/architecture.md, "Training the micro model".
 """
 
 from __future__ import annotations
 
-import logging
-import shutil
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
-
-DEFAULT_NAME = "diptych-tiny-qwen-image-edit"
+DEFAULT_DIR = Path(__file__).parent / "micro" / "diptych-micro"
 
 
-def default_checkpoint(cache_dir: Path) -> Path:
-    target = cache_dir / "models" / DEFAULT_NAME
-    if (target / "model_index.json").is_file():
-        return target
-    from diptych.models.qwen_image.tiny import write_tiny_qwen_image_edit
-
-    logger.info("writing the default tiny checkpoint to %s", target)
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted first start
-    write_tiny_qwen_image_edit(partial, seed=0)
-    partial.rename(target)
-    return target
+def default_checkpoint() -> Path:
+    if not (DEFAULT_DIR / "model_index.json").is_file():
+        # An install that dropped the package data (e.g. a wheel built without it).
+        raise SystemExit(f"the embedded default model is missing from {DEFAULT_DIR}; "
+                         "reinstall diptych with its package data, or serve a checkpoint with --model")
+    return DEFAULT_DIR

@@ -17,14 +17,14 @@ logger = logging.getLogger(__name__)
 
 
 def resolve_model_dir(settings: Settings) -> Path:
-    """The checkpoint to serve: ``--model``, or the embedded default written on first start."""
+    """The checkpoint to serve: ``--model``, or the embedded default model."""
     if settings.model is not None:
         if not settings.model.is_dir():
             raise SystemExit(f"--model {settings.model}: no such directory")
         return settings.model.resolve()
     from diptych.models.default import default_checkpoint
 
-    return default_checkpoint(settings.cache_dir)
+    return default_checkpoint()
 
 
 def serve(overrides: dict[str, Any]) -> int:
