@@ -36,19 +36,21 @@ logger = logging.getLogger(__name__)
 
 STAGES: tuple[str, ...] = ("vae", "vlm", "dit")
 
-# The full run's budgets on 2 quiet cores. Measured alone at two threads (torch 2.13, run
-# `base`, v8 and r3 in docs/architecture.md): VAE 2,000 steps in 6.5 minutes; VLM 0.23 s a
-# step at batch 16 (8,000 in 31.8 minutes); transformer 0.28 s a step at batch 64 (4,000 in
-# 18.9 minutes) after encoding its example pool once (16,384 examples in 1.6 minutes). That
-# is about 59 minutes plus evaluations, inside the 90. The minute caps (88 in all)
-# only stop a stage on a slower machine.
+# The full run's budgets: the recipe of the shipped diptych-micro (seed 0). Measured alone at
+# two threads on the 2-core machine it was trained on (torch 2.13): VAE 1,200 steps in 9.9
+# minutes; VLM 3,500 steps in 33.2 minutes (0.57 s a step at batch 16, Muon); transformer
+# 4,000 steps at batch 64 in 36.7 minutes, encoding its example pool (16,384 examples) in 3.0
+# of them. About 80 minutes plus the closing evaluations, inside the 90; the
+# minute caps (90 in all) only stop a stage on a slower machine.
 FULL_BUDGETS: dict[str, Budget] = {
-    "vae": Budget(steps=2000, batch_size=16, lr=2e-3, max_minutes=12, warmup_steps=50),
-    # 8,000 steps: against 5,000 on the same seed (rope 1e6), held-out VQA 84.7% against 74.7% (150 items).
-    "vlm": Budget(steps=8000, batch_size=16, lr=1e-3, max_minutes=40, warmup_steps=100, eval_every=1000),
+    # 1,200 steps: held-out scenes read back 95% correct (2,000 steps: 100%, at 1.7× the time).
+    "vae": Budget(steps=1200, batch_size=16, lr=2e-3, max_minutes=12, warmup_steps=50),
+    # Muon: VQA loss 0.051 against AdamW's 0.346 over steps 1,500-1,830 (runs m0, s0, same seed);
+    # held-out VQA 100% after 3,500 steps, against AdamW's 84.7% after 8,000 (docs/architecture.md).
+    "vlm": Budget(steps=3500, batch_size=16, lr=1e-3, max_minutes=40, warmup_steps=100, optimizer="muon"),
     # lr 4e-3: against 2e-3 on one VAE and VLM, edit 39% against 26% and text-to-image 45% against 42%
     # (ShapesBench seeds 0 and 1, 210 items each), training loss lower throughout (docs/architecture.md, r2).
-    "dit": Budget(steps=4000, batch_size=64, lr=4e-3, max_minutes=36, warmup_steps=200, eval_every=2000),
+    "dit": Budget(steps=4000, batch_size=64, lr=4e-3, max_minutes=38, warmup_steps=200),
 }
 SMOKE_BUDGETS: dict[str, Budget] = {
     name: Budget(steps=3, batch_size=2, lr=1e-3, warmup_steps=1, log_every=1) for name in STAGES
