@@ -43,6 +43,7 @@ def soak_server(edit_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory)
     assert code == 0, f"server exited with {code} on SIGTERM:\n{server.log()}"
 
 
+@pytest.mark.slow  # its own server start: 82 s of a CI suite that must stay under 20 minutes
 def test_soak_short(soak_server: ServerProcess, tmp_path: Path) -> None:
     _soak(soak_server, total=150, seed=1, out=tmp_path / "soak-short.json")
 

@@ -51,6 +51,7 @@ def _bench(tmp_path: Path, capsys: pytest.CaptureFixture[str], *args: str) -> di
     return printed
 
 
+@pytest.mark.slow  # with the next test, its own server start: 71 s of a CI suite that must stay under 20 minutes
 def test_mixed_load_counts_match_what_was_sent_and_what_came_back(
     server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -87,6 +88,7 @@ def test_mixed_load_counts_match_what_was_sent_and_what_came_back(
     assert "| mixed | c=4 | 21 | 21 |" in (tmp_path / "report" / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_server_errors_are_counted_by_status(
     server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
