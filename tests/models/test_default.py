@@ -67,13 +67,13 @@ def test_the_default_model_answers_draws_and_edits_through_a_server(server: Serv
         assert scores[task] >= bound, (task, scores, report[task]["failures"])
 
 
-def decoded(b64: str) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"), dtype=np.int16)
+def decoded(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
 
 
 def assert_same_picture(b64: str, committed: Path) -> None:
     # Not byte-equal: another CPU's kernels may round differently; a few levels at most.
-    returned, shown = decoded(b64), decoded(base64.b64encode(committed.read_bytes()).decode())
+    returned, shown = decoded(base64.b64decode(b64)), decoded(committed.read_bytes())
     assert returned.shape == shown.shape
     assert np.abs(returned - shown).mean() < 2.0, committed.name
 
