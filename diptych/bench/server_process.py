@@ -13,6 +13,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,3 +85,21 @@ def start_server(model_dir: Path | None, work_dir: Path, *args: str, startup_tim
         time.sleep(1)
     server.stop()
     raise RuntimeError(f"server not healthy after {startup_timeout_s}s:\n{server.log()}")
+
+
+@contextmanager
+def serving(model_dir: Path | None, work_dir: Path, *args: str) -> Iterator[ServerProcess]:
+    """``start_server`` for a ``with`` block, stopped on leaving it.
+
+    Leaving normally, a server that does not exit 0 on SIGTERM raises: a clean shutdown is
+    part of what the tests and benchmarks that use this check.
+    """
+    server = start_server(model_dir, work_dir, *args)
+    try:
+        yield server
+    except BaseException:
+        server.stop()
+        raise
+    code = server.stop()
+    if code != 0:
+        raise RuntimeError(f"server exited with {code} on SIGTERM:\n{server.log()}")

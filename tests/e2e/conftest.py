@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from diptych.bench.server_process import ServerProcess, start_server
+from diptych.bench.server_process import ServerProcess, serving
 
 
 @pytest.fixture(scope="session")
@@ -18,7 +18,5 @@ def edit_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def server(edit_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One server on the tiny edit checkpoint for the whole session (vLLM start-up is ~35 s)."""
-    process = start_server(edit_checkpoint, tmp_path_factory.mktemp("server"), "--queue-depth", "16", "--max-steps", "1000")
-    yield process
-    code = process.stop()
-    assert code == 0, f"server exited with {code} on SIGTERM:\n{process.log()}"
+    with serving(edit_checkpoint, tmp_path_factory.mktemp("server"), "--queue-depth", "16", "--max-steps", "1000") as process:
+        yield process

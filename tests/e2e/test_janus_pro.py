@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diptych.bench.server_process import ServerProcess, start_server
+from diptych.bench.server_process import ServerProcess, serving
 
 MODEL = "tiny-janus"
 
@@ -31,10 +31,8 @@ def janus_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def janus_server(janus_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    process = start_server(janus_checkpoint, tmp_path_factory.mktemp("janus-server"), "--served-model-name", MODEL)
-    yield process
-    code = process.stop()
-    assert code == 0, f"server exited with {code} on SIGTERM:\n{process.log()}"
+    with serving(janus_checkpoint, tmp_path_factory.mktemp("janus-server"), "--served-model-name", MODEL) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")

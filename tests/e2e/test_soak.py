@@ -22,7 +22,7 @@ import httpx
 import psutil
 import pytest
 
-from diptych.bench.server_process import ServerProcess, start_server
+from diptych.bench.server_process import ServerProcess, serving
 from tests.e2e.probes import metric, wait_until
 from tests.e2e.soak_client import Mix, SoakReport, allowed_results, run_soak
 
@@ -36,11 +36,9 @@ API_ENDPOINTS = {"/v1/chat/completions", "/v1/images/generations", "/v1/images/e
 
 @pytest.fixture(scope="module")
 def soak_server(edit_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = start_server(edit_checkpoint, tmp_path_factory.mktemp("soak"), "--queue-depth", str(QUEUE_DEPTH),
-                          "--max-body-bytes", str(MAX_BODY_BYTES), "--max-steps", "50", "--request-timeout", "60")
-    yield server
-    code = server.stop()
-    assert code == 0, f"server exited with {code} on SIGTERM:\n{server.log()}"
+    with serving(edit_checkpoint, tmp_path_factory.mktemp("soak"), "--queue-depth", str(QUEUE_DEPTH),
+                 "--max-body-bytes", str(MAX_BODY_BYTES), "--max-steps", "50", "--request-timeout", "60") as server:
+        yield server
 
 
 @pytest.mark.slow  # its own server start: 82 s of a CI suite that must stay under 20 minutes

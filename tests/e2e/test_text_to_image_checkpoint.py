@@ -12,7 +12,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from diptych.bench.server_process import ServerProcess, start_server
+from diptych.bench.server_process import ServerProcess, serving
 from tests.e2e.probes import metric, wait_until
 
 MODEL = "tiny-t2i"
@@ -24,10 +24,9 @@ def t2i_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
     from diptych.models.qwen_image.tiny import write_tiny_qwen_image
 
     checkpoint = write_tiny_qwen_image(tmp_path_factory.mktemp("t2i") / MODEL, seed=1)
-    server = start_server(checkpoint, tmp_path_factory.mktemp("t2i-server"), "--queue-depth", "1",
-                          "--request-timeout", "4", "--max-steps", "1000")
-    yield server
-    assert server.stop() == 0, server.log()
+    with serving(checkpoint, tmp_path_factory.mktemp("t2i-server"), "--queue-depth", "1",
+                 "--request-timeout", "4", "--max-steps", "1000") as server:
+        yield server
 
 
 def test_models_and_chat_without_a_processor_folder(t2i_server: ServerProcess) -> None:

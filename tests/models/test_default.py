@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from diptych.bench import quality
-from diptych.bench.server_process import ServerProcess, start_server
+from diptych.bench.server_process import ServerProcess, serving
 from diptych.models.default import DEFAULT_DIR, default_checkpoint
 from diptych.models.micro.checkpoint import MAX_CHECKPOINT_BYTES, weights_bytes
 from diptych.models.registry import load_adapter
@@ -50,10 +50,8 @@ def test_the_default_is_the_shipped_micro_checkpoint() -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    process = start_server(None, tmp_path_factory.mktemp("default-server"))
-    yield process
-    code = process.stop()
-    assert code == 0, process.log()
+    with serving(None, tmp_path_factory.mktemp("default-server")) as process:
+        yield process
 
 
 @pytest.mark.timeout(900)

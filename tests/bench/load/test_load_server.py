@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from diptych.bench.load.inputs import builtin_images
-from diptych.bench.server_process import ServerProcess, free_port, start_server
+from diptych.bench.server_process import ServerProcess, free_port, serving
 from diptych.cli import main
 
 pytestmark = pytest.mark.timeout(600)
@@ -26,9 +26,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     from diptych.models.qwen_image.tiny import write_tiny_qwen_image_edit
 
     checkpoint = write_tiny_qwen_image_edit(tmp_path_factory.mktemp("ckpt") / "tiny-edit", seed=0)
-    process = start_server(checkpoint, tmp_path_factory.mktemp("server"), "--queue-depth", "4")
-    yield process
-    assert process.stop() == 0, process.log()
+    with serving(checkpoint, tmp_path_factory.mktemp("server"), "--queue-depth", "4") as process:
+        yield process
 
 
 def _counters(url: str) -> dict[tuple[str, ...], float]:
