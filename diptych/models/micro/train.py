@@ -39,18 +39,19 @@ STAGES: tuple[str, ...] = ("vae", "vlm", "dit")
 # The full run's budgets: the recipe of the shipped diptych-micro (seed 0). Measured alone at
 # two threads on the 2-core machine it was trained on (torch 2.13): VAE 1,200 steps in 9.9
 # minutes; VLM 3,500 steps in 33.2 minutes (0.57 s a step at batch 16, Muon); transformer
-# 4,000 steps at batch 64 in 36.7 minutes, encoding its example pool (16,384 examples) in 3.0
-# of them. About 80 minutes plus the closing evaluations, inside the 90; the
-# minute caps (90 in all) only stop a stage on a slower machine.
+# at 0.51 s a step at batch 64, plus 3.0 minutes encoding its example pool (16,384
+# examples): 4,800 steps in about 44 minutes. About 87 minutes plus the closing evaluations,
+# inside the 90; the minute caps (90 in all) only stop a stage on a slower machine.
 FULL_BUDGETS: dict[str, Budget] = {
     # 1,200 steps: held-out scenes read back 95% correct (2,000 steps: 100%, at 1.7× the time).
-    "vae": Budget(steps=1200, batch_size=16, lr=2e-3, max_minutes=12, warmup_steps=50),
+    "vae": Budget(steps=1200, batch_size=16, lr=2e-3, max_minutes=11, warmup_steps=50),
     # Muon: VQA loss 0.051 against AdamW's 0.346 over steps 1,500-1,830 (runs m0, s0, same seed);
     # held-out VQA 100% after 3,500 steps, against AdamW's 84.7% after 8,000 (docs/architecture.md).
-    "vlm": Budget(steps=3500, batch_size=16, lr=1e-3, max_minutes=40, warmup_steps=100, optimizer="muon"),
+    "vlm": Budget(steps=3500, batch_size=16, lr=1e-3, max_minutes=35, warmup_steps=100, optimizer="muon"),
     # lr 4e-3: against 2e-3 on one VAE and VLM, edit 39% against 26% and text-to-image 45% against 42%
     # (ShapesBench seeds 0 and 1, 210 items each), training loss lower throughout (docs/architecture.md, r2).
-    "dit": Budget(steps=4000, batch_size=64, lr=4e-3, max_minutes=38, warmup_steps=200),
+    # 4,800 steps: edit 71.4% / 68.6% (ShapesBench seeds 0 / 1) against 67.6% / 64.8% after 4,000.
+    "dit": Budget(steps=4800, batch_size=64, lr=4e-3, max_minutes=44, warmup_steps=200),
 }
 SMOKE_BUDGETS: dict[str, Budget] = {
     name: Budget(steps=3, batch_size=2, lr=1e-3, warmup_steps=1, log_every=1) for name in STAGES
