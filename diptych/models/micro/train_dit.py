@@ -78,8 +78,10 @@ from diptych.models.qwen_image.vae_fast import install_single_frame_paths
 logger = logging.getLogger(__name__)
 
 PROMPT_DROPOUT = 0.1
-# Examples encoded once for the whole stage (half text-to-image, half edits); see ExamplePool.
+# Examples encoded once for the whole stage; see ExamplePool.
 POOL_EXAMPLES = 16_384
+# The share of edits in the pool, in every batch and in the flow loss (the rest are text-to-image).
+EDIT_SHARE = 0.5
 SEED_STRIDE = 10_000_000
 # Location of the logit-normal noise levels, before the scheduler's shift. At 0 (SD3's
 # choice) 11% of training σ fall above 0.85, where the server's 20-step sampler spends a
@@ -238,24 +240,33 @@ class ExamplePool:
     t2i: tuple[Encoded, ...]
     edit: tuple[Encoded, ...]
 
-    def batch(self, rng: random.Random, size: int) -> tuple[list[Encoded], list[Encoded]]:
-        """``size`` examples, half text-to-image and half edits, drawn without repetition."""
-        half = max(size // 2, 1)
-        return rng.sample(self.t2i, min(half, len(self.t2i))), rng.sample(self.edit, min(half, len(self.edit)))
+    def batch(self, rng: random.Random, size: int, edit_share: float) -> tuple[list[Encoded], list[Encoded]]:
+        """``size`` examples, ``edit_share`` of them edits and the rest text-to-image, drawn without repetition."""
+        t2i, edits = split(size, edit_share)
+        return rng.sample(self.t2i, min(t2i, len(self.t2i))), rng.sample(self.edit, min(edits, len(self.edit)))
 
 
-def build_pool(frozen: Frozen, seed: int, size: int, *, chunk: int = 64, show_progress: bool = True) -> ExamplePool:
-    """``size`` examples, half of each kind, example indices unique to (seed, position)."""
+def split(size: int, edit_share: float) -> tuple[int, int]:
+    """``size`` examples as (text-to-image, edits): at least one of each."""
+    edits = min(max(round(size * edit_share), 1), size - 1)
+    return size - edits, edits
+
+
+def build_pool(frozen: Frozen, seed: int, size: int, edit_share: float, *, chunk: int = 64,
+               show_progress: bool = True) -> ExamplePool:
+    """``size`` examples split by ``edit_share``; example indices unique to (seed, position)."""
     t2i: list[Encoded] = []
     edit: list[Encoded] = []
-    half = max(size // 2, 1)
-    with tqdm(total=2 * half, desc="dit examples", unit="ex", disable=not show_progress, dynamic_ncols=True) as bar:
-        for start in range(0, half, chunk):
-            count = min(chunk, half - start)
+    counts = split(max(size, 2), edit_share)
+    with tqdm(total=sum(counts), desc="dit examples", unit="ex", disable=not show_progress, dynamic_ncols=True) as bar:
+        for start in range(0, max(counts), chunk):
+            t2i_count, edit_count = (min(chunk, count - start) for count in counts)
             rng = random.Random(f"diptych-micro/dit-pool/{seed}/{start}")
-            t2i += t2i_examples(frozen, seed * SEED_STRIDE + start, count, rng)
-            edit += edit_examples(frozen, seed * SEED_STRIDE + start, count, rng)
-            bar.update(2 * count)
+            if t2i_count > 0:
+                t2i += t2i_examples(frozen, seed * SEED_STRIDE + start, t2i_count, rng)
+            if edit_count > 0:
+                edit += edit_examples(frozen, seed * SEED_STRIDE + start, edit_count, rng)
+            bar.update(max(t2i_count, 0) + max(edit_count, 0))
     return ExamplePool(tuple(t2i), tuple(edit))
 
 
@@ -263,7 +274,7 @@ def train_dit(out: Path, arch: Architecture, budget: Budget, seed: int, log: Los
               show_progress: bool = True) -> DiTReport:
     frozen = load_frozen(out)
     started = time.monotonic()
-    pool = build_pool(frozen, seed, min(POOL_EXAMPLES, budget.steps * budget.batch_size),
+    pool = build_pool(frozen, seed, min(POOL_EXAMPLES, budget.steps * budget.batch_size), EDIT_SHARE,
                       show_progress=show_progress)
     encoding = time.monotonic() - started
     log.write({"stage": "dit", "event": "pool", "examples": len(pool.t2i) + len(pool.edit), "seconds": round(encoding, 1)})
@@ -278,14 +289,14 @@ def train_dit(out: Path, arch: Architecture, budget: Budget, seed: int, log: Los
 
     def step_fn(step: int) -> dict[str, float]:
         generator = step_generator(seed, "dit", step)
-        t2i, edits = pool.batch(random.Random(f"diptych-micro/dit/{seed}/{step}"), budget.batch_size)
+        t2i, edits = pool.batch(random.Random(f"diptych-micro/dit/{seed}/{step}"), budget.batch_size, EDIT_SHARE)
         clean, text, mask, _ = stack(t2i)
         loss_t2i = flow_loss(transformer, frozen, clean, text, mask, generator)
         clean, text, mask, source = stack(edits)
         with probe.reading(transformer):
             loss_edit = flow_loss(transformer, frozen, clean, text, mask, generator, source)
         loss_change = probe.loss(torch.stack([example.changed for example in edits]))  # type: ignore[misc]
-        loss = (loss_t2i + loss_edit) / 2 + CHANGE_PROBE_WEIGHT * loss_change
+        loss = (1 - EDIT_SHARE) * loss_t2i + EDIT_SHARE * loss_edit + CHANGE_PROBE_WEIGHT * loss_change
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)

@@ -282,7 +282,7 @@ def test_conditions_are_the_servers(smoke: tuple[Path, dict[str, Any]], runner: 
 
 def test_the_pool_encodes_each_example_once_and_batches_half_of_each_kind(smoke: tuple[Path, dict[str, Any]]) -> None:
     frozen = train_dit.load_frozen(smoke[0])
-    pool = train_dit.build_pool(frozen, seed=0, size=6, chunk=2, show_progress=False)
+    pool = train_dit.build_pool(frozen, seed=0, size=6, edit_share=0.5, chunk=2, show_progress=False)
     assert len(pool.t2i) == len(pool.edit) == 3
     # Example 2 sits in the second chunk; alone it encodes (and drops its prompt or not) the same.
     rng = random.Random("diptych-micro/dit-pool/0/2")
@@ -291,10 +291,24 @@ def test_the_pool_encodes_each_example_once_and_batches_half_of_each_kind(smoke:
     assert torch.equal(pool.t2i[2].text, alone_t2i.text) and torch.allclose(pool.t2i[2].clean, alone_t2i.clean, atol=1e-5)
     assert torch.equal(pool.edit[2].text, alone_edit.text) and alone_edit.source is not None
     assert torch.allclose(pool.edit[2].source, alone_edit.source, atol=1e-5)  # type: ignore[arg-type]
-    t2i, edits = pool.batch(random.Random(0), 4)
+    t2i, edits = pool.batch(random.Random(0), 4, edit_share=0.5)
     assert len(t2i) == len(edits) == 2
     assert len({id(example) for example in t2i}) == 2  # no example twice in a batch
     assert all(example.source is None for example in t2i) and all(example.source is not None for example in edits)
+
+
+def test_an_edit_heavy_pool_holds_and_batches_edits_in_their_share(smoke: tuple[Path, dict[str, Any]]) -> None:
+    frozen = train_dit.load_frozen(smoke[0])
+    pool = train_dit.build_pool(frozen, seed=0, size=8, edit_share=0.75, chunk=4, show_progress=False)
+    assert (len(pool.t2i), len(pool.edit)) == (2, 6)
+    # The chunk past the last drawing still encodes edits 4 and 5, with that chunk's own dropout.
+    alone_edit = train_dit.edit_examples(frozen, 4, 1, random.Random("diptych-micro/dit-pool/0/4"))[0]
+    assert torch.equal(pool.edit[4].text, alone_edit.text)
+    t2i, edits = pool.batch(random.Random(0), 4, edit_share=0.75)
+    assert (len(t2i), len(edits)) == (1, 3)
+    assert len({id(example) for example in edits}) == 3
+    assert train_dit.split(64, 0.625) == (24, 40)
+    assert train_dit.split(2, 0.9) == (1, 1)  # at least one of each kind
 
 
 def test_prompt_dropout_uses_the_unconditional_prompt() -> None:
