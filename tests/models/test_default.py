@@ -28,8 +28,8 @@ from diptych.models.registry import load_adapter
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = {"vqa": 60, "t2i": 24, "edit": 24}  # ShapesBench seed 0: held-out scenes
 # Measured on SAMPLE through `diptych serve` (no --model) when the checkpoint was committed:
-# VQA 60/60, text-to-image 23/24, edit 15/24 (all 105 edits of seed 0: 79/105).
-LOWER_BOUNDS = {"vqa": 0.95, "t2i": 0.875, "edit": 0.58}
+# VQA 60/60, text-to-image 23/24, edit 17/24 (all 105 edits of seed 0: 82/105).
+LOWER_BOUNDS = {"vqa": 0.95, "t2i": 0.875, "edit": 0.66}
 
 # The README's quickstart: its requests, the answer it prints and the images it shows.
 QUICKSTART_PROMPT, QUICKSTART_SEED = "a red circle to the left of a blue square", 1

@@ -36,10 +36,11 @@ logger = logging.getLogger(__name__)
 
 STAGES: tuple[str, ...] = ("vae", "vlm", "dit")
 
-# The full run's budgets: the recipe of the shipped diptych-micro, which is this script's
-# output at --seed 1 with nothing overridden. That run, alone on a 2-core machine at two
-# threads (torch 2.13), took 58.6 minutes end to end: VAE 4.3, VLM 23.5 (0.40 s a step at
-# batch 16, Muon), transformer 28.6 plus 1.9 encoding its pool (0.36 s a step at batch 64).
+# The full run's budgets: the recipe of the shipped diptych-micro (--seed 1). With the
+# transformer's edit share at 0.5 (now 0.625: the same batch, so the same step cost), a run of
+# this script with nothing overridden but the seed, alone on a 2-core machine at two threads
+# (torch 2.13), took 58.6 minutes end to end: VAE 4.3, VLM 23.5 (0.40 s a step at batch 16,
+# Muon), transformer 28.6 plus 1.9 encoding its pool (0.36 s a step at batch 64).
 # An earlier machine of the same kind was slower: VAE 9.9, VLM 33.2, transformer about 44
 # minutes alone (0.51 s a step, pool 3.0), about 87 in all. The minute caps (90 in all) only
 # stop a stage on a machine slower than that.
@@ -51,8 +52,8 @@ FULL_BUDGETS: dict[str, Budget] = {
     "vlm": Budget(steps=3500, batch_size=16, lr=1e-3, max_minutes=35, warmup_steps=100, optimizer="muon"),
     # lr 4e-3: against 2e-3 on one VAE and VLM, edit 39% against 26% and text-to-image 45% against 42%
     # (ShapesBench seeds 0 and 1, 210 items each), training loss lower throughout (docs/architecture.md, r2).
-    # 4,800 steps (training seed 0): edit 71.4% / 68.6% (ShapesBench seeds 0 / 1) against 67.6% / 64.8%
-    # after 4,000; training seed 1 (shipped): 75.2% / 76.2%.
+    # 4,800 steps (training seed 0, edit share 0.5): edit 71.4% / 68.6% (ShapesBench seeds 0 / 1) against
+    # 67.6% / 64.8% after 4,000. The edit share: train_dit.EDIT_SHARE.
     "dit": Budget(steps=4800, batch_size=64, lr=4e-3, max_minutes=44, warmup_steps=200),
 }
 SMOKE_BUDGETS: dict[str, Budget] = {
