@@ -264,13 +264,14 @@ def build_pool(frozen: Frozen, seed: int, size: int, edit_share: float, *, chunk
     counts = split(max(size, 2), edit_share)
     with tqdm(total=sum(counts), desc="dit examples", unit="ex", disable=not show_progress, dynamic_ncols=True) as bar:
         for start in range(0, max(counts), chunk):
-            t2i_count, edit_count = (min(chunk, count - start) for count in counts)
+            # Past the smaller kind's end a chunk holds only the other kind.
+            t2i_count, edit_count = (max(min(chunk, count - start), 0) for count in counts)
             rng = random.Random(f"diptych-micro/dit-pool/{seed}/{start}")
-            if t2i_count > 0:
+            if t2i_count:
                 t2i += t2i_examples(frozen, seed * SEED_STRIDE + start, t2i_count, rng)
-            if edit_count > 0:
+            if edit_count:
                 edit += edit_examples(frozen, seed * SEED_STRIDE + start, edit_count, rng)
-            bar.update(max(t2i_count, 0) + max(edit_count, 0))
+            bar.update(t2i_count + edit_count)
     return ExamplePool(tuple(t2i), tuple(edit))
 
 
