@@ -33,8 +33,9 @@ COPY --chown=diptych:diptych pyproject.toml Makefile README.md ./
 COPY --chown=diptych:diptych deploy/torch_wheels.py ./deploy/
 COPY --chown=diptych:diptych diptych ./diptych
 USER 1001
-# EXTRAS= : the image serves; the tests' packages stay out of it. The cache directory exists in
-# the image, owned by its user, so that a named volume mounted there starts with that owner.
+# EXTRAS= : the image serves; the benches' and the tests' packages stay out of it. The cache
+# directory exists in the image, owned by its user, so that a named volume mounted there starts
+# with that owner.
 RUN mkdir -p "$DIPTYCH_CACHE_DIR" && make install EXTRA=cuda EXTRAS=
 
 EXPOSE 8000

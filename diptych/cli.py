@@ -12,7 +12,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-# Bench name → module; each module exposes add_arguments(parser) and run(args) -> int.
+# Bench name → module; each module exposes add_arguments(parser) and run(args) -> int. The
+# tiny checkpoints that make-tiny writes are listed by the model registry.
 BENCHES: dict[str, str] = {
     # one line per bench, sorted by name
     "ar-image": "diptych.bench.ar_image",
@@ -21,21 +22,6 @@ BENCHES: dict[str, str] = {
     "load": "diptych.bench.load",
     "quality": "diptych.bench.quality",
 }
-
-# make-tiny FAMILY → "module:function(out_dir: Path, seed: int) -> Path".
-TINY_FACTORIES: dict[str, str] = {
-    "gemma3": "diptych.models.gemma3.tiny:write_tiny_gemma3",
-    "janus-pro": "diptych.models.janus_pro.tiny:write_tiny_janus_pro",
-    "qwen-image": "diptych.models.qwen_image.tiny:write_tiny_qwen_image",
-    "qwen-image-edit": "diptych.models.qwen_image.tiny:write_tiny_qwen_image_edit",
-}
-
-
-def _load(target: str):  # noqa: ANN202 - returns a module attribute of any kind
-    module_name, _, attr = target.partition(":")
-    module = importlib.import_module(module_name)
-    return getattr(module, attr) if attr else module
-
 
 def _serve(args: argparse.Namespace) -> int:
     from diptych.server.main import serve
@@ -47,14 +33,16 @@ def _serve(args: argparse.Namespace) -> int:
 def _make_tiny(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    factory = _load(TINY_FACTORIES[args.family])
+    from diptych.models.registry import TINY_FACTORIES, load_target
+
+    factory = load_target(TINY_FACTORIES[args.family])
     path = factory(Path(args.out_dir), seed=args.seed)
     sys.stdout.write(f"{path}\n")
     return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
-    module = _load(BENCHES[args.bench])
+    module = importlib.import_module(BENCHES[args.bench])
     parser = argparse.ArgumentParser(prog=f"diptych bench {args.bench}", description=module.__doc__)
     module.add_arguments(parser)
     return int(module.run(parser.parse_args(args.bench_args)))
@@ -95,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
 
     tiny = sub.add_parser("make-tiny", help="write a tiny random checkpoint in a family's public layout")
+    from diptych.models.registry import TINY_FACTORIES
+
     tiny.add_argument("family", choices=sorted(TINY_FACTORIES))
     tiny.add_argument("out_dir")
     tiny.add_argument("--seed", type=int, default=0)

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from diptych.engine.config import EngineConfig, Limits
+from diptych.types import EngineConfig, Limits
 
 
 class Settings(BaseSettings):

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from diptych.cli import BENCHES, TINY_FACTORIES, build_parser, main
+from diptych.cli import BENCHES, build_parser, main
+from diptych.models.registry import TINY_FACTORIES
 from diptych.settings import Settings
 
 

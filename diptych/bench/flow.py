@@ -93,10 +93,10 @@ def run(args: argparse.Namespace) -> int:
 def _bench_checkpoint(name: str, model_dir: Path | None, args: argparse.Namespace, config: dict[str, Any],
                       work_dir: Path) -> dict[str, Any]:
     if model_dir is None:
-        from diptych.cli import _load
+        from diptych.models.registry import load_target
 
         logger.info("writing the %s checkpoint", name)
-        model_dir = _load(CHECKPOINTS[name])(work_dir / f"{name}-qwen-image", seed=0)
+        model_dir = load_target(CHECKPOINTS[name])(work_dir / f"{name}-qwen-image", seed=0)
     logger.info("%s: starting the server and the diffusers process", name)
     server = ServerProcess(None, args.url) if args.url else start_server(
         model_dir, work_dir, "--queue-depth", str(max(64, 2 * args.requests)), "--max-steps", "1000",

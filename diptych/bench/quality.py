@@ -1,6 +1,6 @@
 """``diptych bench quality``: ShapesBench, run over HTTP against a Diptych server.
 
-Three tasks on held-out scenes of the shapes world (``diptych.models.micro``), each through
+Three tasks on held-out scenes of the shapes world (``diptych.bench.shapes``), each through
 the public API, so any OpenAI-compatible server with the capabilities can be measured:
 
 * VQA — ``POST /v1/chat/completions`` with the picture as a PNG ``data:`` URL and the
@@ -18,7 +18,7 @@ the public API, so any OpenAI-compatible server with the capabilities can be mea
 
 Items depend on ``--seed`` and their index only, so runs with the same seed ask the same
 things of any server; each image request carries its own seed, derived from both
-(``shapesbench.noise_seed``), so a score averages over independent draws of the noise.
+(``shapes.bench.noise_seed``), so a score averages over independent draws of the noise.
 A request that fails (HTTP error, unreadable reply) counts as wrong and is counted in
 ``errors``. Prints a table, or one JSON object with ``--json`` (failures included).
 """
@@ -40,7 +40,7 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from diptych.bench import shapesbench as sb
+from diptych.bench.shapes import bench as sb
 
 logger = logging.getLogger(__name__)
 MAX_FAILURES_REPORTED = 5  # per task, in --json output

@@ -26,11 +26,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from diptych.engine.ar_stats import SchedulerLoad, scheduler_load_logger
 from diptych.engine.children import sigint_blocked
-from diptych.engine.config import EngineConfig
 from diptych.engine.errors import EngineError, EngineUnavailableError, InvalidRequestError, QueueFullError
 from diptych.engine.protocol import HealthState
-from diptych.engine.types import ChatFinished, SamplingOptions, TextDelta
 from diptych.models.base import ChatPrompt
+from diptych.types import ChatFinished, EngineConfig, SamplingOptions, TextDelta
 
 if TYPE_CHECKING:
     from vllm import SamplingParams

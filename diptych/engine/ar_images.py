@@ -14,8 +14,8 @@ import logging
 from typing import TYPE_CHECKING
 
 from diptych.engine.errors import EngineError
-from diptych.engine.types import ImageRequest
 from diptych.models.base import ARImageJob, ARImageStage
+from diptych.types import ImageRequest
 
 if TYPE_CHECKING:
     from diptych.engine.ar_engine import AREngine

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from diptych.engine.children import sigint_blocked
-from diptych.engine.config import EngineConfig
 from diptych.engine.errors import (
     EngineError,
     EngineUnavailableError,
@@ -41,7 +40,7 @@ from diptych.engine.flow_messages import (
 )
 from diptych.engine.flow_worker import worker_main
 from diptych.engine.protocol import HealthState
-from diptych.engine.types import ImageEvent, ImageRequest, ImagesFinished
+from diptych.types import EngineConfig, ImageEvent, ImageRequest, ImagesFinished
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from diptych.engine.types import ImageEvent, ImageRequest
+from diptych.types import ImageEvent, ImageRequest
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 
 from diptych.engine.flow_budget import BatchBudget, select
 from diptych.engine.flow_messages import Abort, Inbound, JobEvent, JobFailed, Outbound, Shutdown, Submit, WorkerStats
-from diptych.engine.types import ImageProgress, ImageRequest, ImagesFinished, PartialImage
 from diptych.models.base import FlowCost, FlowRunner
+from diptych.types import ImageProgress, ImageRequest, ImagesFinished, PartialImage
 
 logger = logging.getLogger(__name__)
 

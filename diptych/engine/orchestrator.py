@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, TypeVar
 
 from diptych.engine.admission import AdmissionGate
 from diptych.engine.ar_images import generate_codes
-from diptych.engine.config import EngineConfig
 from diptych.engine.errors import (
     CapabilityError,
     DeadlineExceededError,
@@ -24,8 +23,8 @@ from diptych.engine.errors import (
 )
 from diptych.engine.flow_client import FlowClient
 from diptych.engine.protocol import EngineStats, Health, HealthState
-from diptych.engine.types import ChatEvent, ChatFinished, ChatRequest, ImageEvent, ImageRequest
 from diptych.models.base import ChatPrompt, FamilyAdapter, ModelCard, ar_image_stage_of
+from diptych.types import ChatEvent, ChatFinished, ChatRequest, EngineConfig, ImageEvent, ImageRequest
 
 if TYPE_CHECKING:
     from diptych.engine.ar_engine import AREngine

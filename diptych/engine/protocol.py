@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from diptych.engine.types import ChatEvent, ChatRequest, ImageEvent, ImageRequest
 from diptych.models.base import ModelCard
+from diptych.types import ChatEvent, ChatRequest, ImageEvent, ImageRequest
 
 # restarting: a component died and is being replaced on its own; its requests got 503.
 HealthState = Literal["starting", "ok", "degraded", "restarting", "down", "stopping"]

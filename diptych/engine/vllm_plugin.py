@@ -26,6 +26,9 @@ def _register_models() -> None:
     """Our out-of-tree vLLM models, by "module:Class" so that nothing is imported until used."""
     from vllm import ModelRegistry
 
-    janus = "diptych.models.janus_pro.vllm_model:JanusForConditionalGeneration"
-    if "JanusForConditionalGeneration" not in ModelRegistry.get_supported_archs():
-        ModelRegistry.register_model("JanusForConditionalGeneration", janus)
+    from diptych.models.registry import VLLM_MODELS
+
+    supported = set(ModelRegistry.get_supported_archs())
+    for architecture, target in VLLM_MODELS.items():
+        if architecture not in supported:
+            ModelRegistry.register_model(architecture, target)

@@ -16,8 +16,8 @@ Backends:
   the CUDA path when xformers is not installed.
 * ``"reference"``: dense masked attention in float64, for tests.
 
-The flow decoder's Qwen-Image runner groups requests by shape and does not pack (see
-docs/architecture.md); this is the kernel families that pack will call.
+Flow runners that group requests by shape do not pack (see docs/architecture.md); this is
+the kernel that runners which pack call.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 vLLM tells attention backends which tokens of a request form a bidirectional image block
 (``CommonAttentionMetadata.mm_req_doc_ranges``, filled for models whose config says
-``is_mm_prefix_lm``, e.g. Gemma3), but its CPU backend ignores them and attends causally.
+``is_mm_prefix_lm``), but its CPU backend ignores them and attends causally.
 This backend builds a ``MaskLayout`` from the batch's query/key lengths and those ranges
 once per step (metadata builder) and calls ``diptych.kernels.attention`` in every layer,
 so prefill, chunked prefill over a cached prefix and decode all go through one path.
@@ -11,7 +11,8 @@ KV cache: vLLM allocates each layer's cache as ``[num_blocks, num_kv_heads, bloc
 2 * head_size]``; this backend stores a token's key in the first ``head_size`` channels
 and its value in the last (its own layout, written and read only here), and each step
 gathers each sequence's keys through its block table. Sliding windows are honoured
-(transformers' Gemma3 rule: window AND (causal OR same image)) by a masked per-sequence
+(the rule transformers applies to prefix-LM models with a window: window AND (causal OR
+same image)) by a masked per-sequence
 path that is used only when a sequence is longer than the window. (vLLM itself drops the
 range of an image longer than the model's sliding window, for every layer; such an image
 is then causal here too, as on vLLM's GPU backends.)
@@ -197,7 +198,8 @@ def windowed_attention(
 ) -> torch.Tensor:
     """Sliding-window attention with image blocks, one masked SDPA call per sequence.
 
-    transformers' Gemma3 rule: query position p sees key position j when
+    The rule transformers applies to prefix-LM models with a window: query position p sees key
+    position j when
     ``p - j < window`` and (``j <= p`` or both lie in one image block). The masks are built
     by the first layer of a step and kept in ``layout.cache`` for the others.
     """

@@ -9,7 +9,7 @@ CPU, and the plugin points it at ``CPUAttentionBackend`` in this module.
 
 That name is resolved here, per engine, while vLLM builds the model (its config is current
 then): Diptych's backend when the engine asked for ``CUSTOM``, vLLM's own CPU backend
-class otherwise. So engines that do not ask (the Qwen-Image VLM, vLLM used directly) get
+class otherwise. So engines that do not ask (a plain causal VLM, vLLM used directly) get
 exactly vLLM's class, not a wrapper.
 """
 

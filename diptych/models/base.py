@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
-from diptych.engine.types import ChatMessage, ImageRequest
+from diptych.types import ChatMessage, ImageRequest
 
 
 @dataclass(frozen=True)

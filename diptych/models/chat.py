@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from diptych.engine.types import ChatMessage, ImagePart, TextPart
 from diptych.models.base import ChatPrompt
+from diptych.types import ChatMessage, ImagePart, TextPart
 
 
 def apply_chat_template(processor_or_tokenizer: Any, messages: tuple[ChatMessage, ...], image_placeholder: str,

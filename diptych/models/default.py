@@ -1,6 +1,6 @@
 """The embedded default checkpoint, served when no ``--model`` is given: the micro model.
 
-``diptych-micro`` is what ``python -m diptych.models.micro.train`` writes — a
+``diptych-micro`` is what ``python -m training.micro.train`` writes — a
 Qwen-Image-Edit checkpoint trained on the shapes world — shipped inside the package and
 served by the same family adapter as the public checkpoints. What it scores on ShapesBench
 and how it was trained: docs/architecture.md, "Training the micro model".

@@ -16,6 +16,27 @@ _ADAPTERS: dict[str, str] = {
 }
 
 
+# Our own vLLM models (architecture → "module:Class"), registered by the vLLM plugin in every
+# vLLM process where vLLM has none of that name.
+VLLM_MODELS: dict[str, str] = {
+    "JanusForConditionalGeneration": "diptych.models.janus_pro.vllm_model:JanusForConditionalGeneration",
+}
+
+# `diptych make-tiny FAMILY` → "module:function(out_dir: Path, seed: int) -> Path".
+TINY_FACTORIES: dict[str, str] = {
+    "gemma3": "diptych.models.gemma3.tiny:write_tiny_gemma3",
+    "janus-pro": "diptych.models.janus_pro.tiny:write_tiny_janus_pro",
+    "qwen-image": "diptych.models.qwen_image.tiny:write_tiny_qwen_image",
+    "qwen-image-edit": "diptych.models.qwen_image.tiny:write_tiny_qwen_image_edit",
+}
+
+
+def load_target(target: str):  # noqa: ANN201 - a module attribute of any kind
+    """Import ``"module:attribute"`` and return the attribute."""
+    module_name, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
 def architecture_of(model_dir: Path) -> str:
     """The architecture a checkpoint declares: diffusers' ``model_index.json`` or transformers' ``config.json``."""
     index = model_dir / "model_index.json"
@@ -35,6 +56,4 @@ def load_adapter(model_dir: Path) -> FamilyAdapter:
     if target is None:
         known = ", ".join(sorted(_ADAPTERS))
         raise ValueError(f"architecture {architecture!r} of {model_dir} is not supported; supported: {known}")
-    module_name, class_name = target.split(":")
-    adapter_cls = getattr(importlib.import_module(module_name), class_name)
-    return adapter_cls(model_dir)
+    return load_target(target)(model_dir)

@@ -19,8 +19,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from diptych.bench import shapesbench as sb
-from diptych.models.micro.world import COLORS, Scene, render
+from diptych.bench.shapes import bench as sb
+from diptych.bench.shapes.world import COLORS, Scene, render
 
 # Each colour shifted to the next: every object keeps its shape, size and cell.
 _WRONG = {color: COLORS[(i + 1) % len(COLORS)] for i, color in enumerate(COLORS)}

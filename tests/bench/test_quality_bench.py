@@ -20,8 +20,8 @@ import uvicorn
 
 from diptych import cli
 from diptych.bench import quality
-from diptych.bench import shapesbench as sb
-from diptych.models.micro.world import Scene, ShapeObject, render
+from diptych.bench.shapes import bench as sb
+from diptych.bench.shapes.world import Scene, ShapeObject, render
 from tests.bench.shapes_stub import stub_app
 
 N = 21  # three items of each of the seven text-to-image kinds, five questions per kind, five edits per kind

@@ -15,13 +15,20 @@ from PIL import Image
 
 from diptych import compat
 from diptych.engine.ar_engine import AREngine, ARTextDelta
-from diptych.engine.config import EngineConfig, Limits
 from diptych.engine.errors import EngineUnavailableError, InvalidRequestError
-from diptych.engine.types import ChatFinished, ChatMessage, ImagePart, SamplingOptions, TextPart
 from diptych.models.base import ChatPrompt
 from diptych.models.qwen_image.chat import count_tokens, render_chat
 from diptych.models.qwen_image.tiny_vlm import write_tiny_vlm
 from diptych.models.qwen_image.vlm_staging import stage_for_vllm
+from diptych.types import (
+    ChatFinished,
+    ChatMessage,
+    EngineConfig,
+    ImagePart,
+    Limits,
+    SamplingOptions,
+    TextPart,
+)
 
 compat.install()
 

@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from diptych.engine.config import EngineConfig, Limits
 from diptych.engine.errors import EngineUnavailableError
 from diptych.engine.flow_client import FlowClient
-from diptych.engine.types import ImageProgress, ImageRequest, ImagesFinished
 from diptych.models.qwen_image.tiny import write_tiny_qwen_image
+from diptych.types import EngineConfig, ImageProgress, ImageRequest, ImagesFinished, Limits
 
 SESSION_LOOP = pytest.mark.asyncio(loop_scope="session")
 

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from diptych.engine.flow_messages import Abort, JobEvent, JobFailed, Shutdown, Submit, WorkerStats
 from diptych.engine.flow_budget import BatchBudget
+from diptych.engine.flow_messages import Abort, JobEvent, JobFailed, Shutdown, Submit, WorkerStats
 from diptych.engine.flow_scheduler import FlowScheduler, partial_steps
-from diptych.engine.types import ImageProgress, ImageRequest, ImagesFinished, PartialImage
 from diptych.models.base import FlowCost
+from diptych.types import ImageProgress, ImageRequest, ImagesFinished, PartialImage
 
 
 @dataclass

@@ -9,11 +9,19 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from diptych.engine.config import EngineConfig, Limits
 from diptych.engine.errors import CapabilityError, DeadlineExceededError, InvalidRequestError, QueueFullError
 from diptych.engine.orchestrator import Orchestrator
-from diptych.engine.types import ChatMessage, ChatRequest, ImageProgress, ImageRequest, ImagesFinished, TextPart
 from diptych.models.base import Capabilities
+from diptych.types import (
+    ChatMessage,
+    ChatRequest,
+    EngineConfig,
+    ImageProgress,
+    ImageRequest,
+    ImagesFinished,
+    Limits,
+    TextPart,
+)
 
 
 class StubAdapter:

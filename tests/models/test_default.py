@@ -22,7 +22,7 @@ from PIL import Image
 from diptych.bench import quality
 from diptych.bench.server_process import ServerProcess, serving
 from diptych.models.default import DEFAULT_DIR, default_checkpoint
-from diptych.models.micro.checkpoint import MAX_CHECKPOINT_BYTES, weights_bytes
+from training.micro.checkpoint import MAX_CHECKPOINT_BYTES, weights_bytes
 from diptych.models.registry import load_adapter
 
 ROOT = Path(__file__).resolve().parents[2]

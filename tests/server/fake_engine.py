@@ -11,7 +11,8 @@ from PIL import Image
 from diptych.engine.admission import AdmissionGate
 from diptych.engine.errors import CapabilityError, DeadlineExceededError
 from diptych.engine.protocol import EngineStats, Health
-from diptych.engine.types import (
+from diptych.models.base import Capabilities, ModelCard
+from diptych.types import (
     ChatEvent,
     ChatFinished,
     ChatRequest,
@@ -22,7 +23,6 @@ from diptych.engine.types import (
     PartialImage,
     TextDelta,
 )
-from diptych.models.base import Capabilities, ModelCard
 
 
 @dataclass

@@ -16,7 +16,9 @@ from PIL import Image
 
 from diptych.engine.ar_stats import SchedulerLoad
 from diptych.engine.orchestrator import Orchestrator
-from diptych.engine.types import (
+from diptych.models.base import Capabilities, ChatPrompt
+from diptych.settings import Settings
+from diptych.types import (
     ChatEvent,
     ChatFinished,
     ChatMessage,
@@ -30,8 +32,6 @@ from diptych.engine.types import (
     TextDelta,
     TextPart,
 )
-from diptych.models.base import Capabilities, ChatPrompt
-from diptych.settings import Settings
 
 PATCH = 28  # pixels per image token side, as in Qwen2.5-VL
 

@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 import httpx
 from PIL import Image
 
-from diptych.engine.types import ImageEvent, ImageProgress, ImageRequest, PartialImage
 from diptych.server.app import create_app
 from diptych.server.shutdown import Drain
 from diptych.settings import Settings
+from diptych.types import ImageEvent, ImageProgress, ImageRequest, PartialImage
 from tests.server.fake_engine import FakeEngine
 
 

@@ -13,12 +13,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
-from diptych.engine.types import ChatMessage
 from diptych.models.base import Capabilities, ChatPrompt, FlowRunner
 from diptych.models.chat import apply_chat_template
 from diptych.models.janus_pro import chat_format as cf
 from diptych.models.janus_pro.image_tokens import TokenSpec, conditional_ids
 from diptych.models.janus_pro.stage import JanusImageStage
+from diptych.types import ChatMessage
 
 
 class JanusProAdapter:

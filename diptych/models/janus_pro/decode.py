@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from diptych.engine.types import ImageRequest
 from diptych.models.base import FlowCost
+from diptych.types import ImageRequest
 
 logger = logging.getLogger(__name__)
 

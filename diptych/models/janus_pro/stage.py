@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from diptych.engine.types import ImageRequest
 from diptych.models.base import ARImageJob, ARSequence
 from diptych.models.janus_pro import image_tokens as it
+from diptych.types import ImageRequest
 
 
 class JanusImageStage:

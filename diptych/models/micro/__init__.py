@@ -1,6 +1,5 @@
-"""The embedded default's world: a synthetic shapes world, its language, and a judge.
+"""The embedded default model's checkpoint, ``diptych-micro/`` (package data).
 
-``world`` (scenes, rendering, splits), ``language`` (captions), ``vqa``, ``edits``,
-``checks`` (what a caption claims), ``data`` (examples by split and index, for training
-and evaluation) and ``analyser`` (pictures back into objects).
+The code that trains it is in the repository's ``training/micro/``, the shapes world it learnt
+from in ``diptych.bench.shapes``.
 """

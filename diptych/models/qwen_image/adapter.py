@@ -13,9 +13,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
-from diptych.engine.types import ChatMessage
 from diptych.models.base import Capabilities, ChatPrompt, FlowRunner
 from diptych.models.qwen_image.source import DEFAULT_SOURCE_AREA, SOURCE_AREA_KEY
+from diptych.types import ChatMessage
 
 _EDIT_PIPELINES = frozenset({"QwenImageEditPipeline"})
 # The pipelines' default true_cfg_scale. A checkpoint may declare its own in model_index.json

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from diptych.engine.types import ChatMessage
 from diptych.models.base import ChatPrompt
 from diptych.models.chat import apply_chat_template
 from diptych.models.qwen_image.chat_template import CHAT_TEMPLATE
+from diptych.types import ChatMessage
 
 _IMAGE_PAD = "<|image_pad|>"
 

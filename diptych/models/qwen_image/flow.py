@@ -24,7 +24,6 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from diptych.engine.types import ImageRequest
 from diptych.models.base import FlowCost
 from diptych.models.qwen_image import latents as lat
 from diptych.models.qwen_image.components import QwenImageComponents, load_components
@@ -36,6 +35,7 @@ from diptych.models.qwen_image.schedule import euler_step, flow_schedule, predic
 from diptych.models.qwen_image.source import DEFAULT_SOURCE_AREA, prepare_source, source_size
 from diptych.models.qwen_image.state import EMPTY_NEGATIVE_PROMPT, QwenImageFlowState, resolve_guidance
 from diptych.models.qwen_image.vae_fast import install_single_frame_paths
+from diptych.types import ImageRequest
 
 __all__ = ["EMPTY_NEGATIVE_PROMPT", "QwenImageFlowRunner", "QwenImageFlowState", "resolve_guidance"]
 

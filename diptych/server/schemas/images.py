@@ -36,7 +36,7 @@ class ImageOptions(BaseModel):
     negative_prompt: str | None = Field(default=None, max_length=32000)
     num_inference_steps: int | None = Field(default=None, ge=1)
     guidance_scale: float | None = Field(default=None, ge=0.0, le=30.0)
-    # Sampling of image tokens, for models that generate images token by token (Janus-Pro).
+    # Sampling of image tokens, for models that generate images token by token.
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_k: int | None = Field(default=None, ge=0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)

@@ -11,15 +11,6 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from PIL import Image
 
 from diptych.engine.protocol import EngineClient
-from diptych.engine.types import (
-    ChatFinished,
-    ChatMessage,
-    ChatRequest,
-    ImagePart,
-    SamplingOptions,
-    TextDelta,
-    TextPart,
-)
 from diptych.server.errors import APIError
 from diptych.server.media import decode_image, decode_image_url, is_remote_url
 from diptych.server.remote_images import RemoteImageFetcher
@@ -36,6 +27,15 @@ from diptych.server.schemas.chat import (
 )
 from diptych.server.sse import sse_data, sse_response
 from diptych.settings import Settings
+from diptych.types import (
+    ChatFinished,
+    ChatMessage,
+    ChatRequest,
+    ImagePart,
+    SamplingOptions,
+    TextDelta,
+    TextPart,
+)
 
 
 ImageKey = tuple[int, int]  # (message index, content-part index)

@@ -12,11 +12,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from PIL import Image
 
 from diptych.engine.protocol import EngineClient
-from diptych.engine.types import ImageEvent, ImageRequest, ImagesFinished, PartialImage
 from diptych.server.errors import APIError
 from diptych.server.media import encode_image
 from diptych.server.schemas.images import ImageData, ImageOptions, ImagesResponse, ImageUsage
 from diptych.server.sse import sse_data, sse_response
+from diptych.types import ImageEvent, ImageRequest, ImagesFinished, PartialImage
 
 
 # ASCII digits only, and few of them: str.isdigit() also accepts '²', which int() refuses, and

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from diptych.engine.types import ChatMessage, ImagePart, ImageRequest, TextPart
 from diptych.models.janus_pro import chat_format as cf
 from diptych.models.janus_pro.adapter import JanusProAdapter
 from diptych.models.janus_pro.image_tokens import EXTRA_KEY
 from diptych.models.registry import load_adapter
+from diptych.types import ChatMessage, ImagePart, ImageRequest, TextPart
 
 
 def test_registry_and_capabilities(tiny_janus_dir: Path) -> None:

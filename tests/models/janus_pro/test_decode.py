@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from diptych.engine.types import ImageRequest
 from diptych.models.janus_pro.decode import JanusDecodeRunner
+from diptych.types import ImageRequest
 
 
 def test_batched_decode_equals_transformers(tiny_janus_dir: Path) -> None:

@@ -20,17 +20,18 @@ from PIL import Image
 from diptych import compat
 from diptych.engine.ar_engine import AREngine, ARTextDelta
 from diptych.engine.ar_images import generate_codes
-from diptych.engine.config import EngineConfig, Limits
-from diptych.engine.types import (
+from diptych.models.janus_pro import chat_format as cf
+from diptych.models.janus_pro.adapter import JanusProAdapter
+from diptych.types import (
     ChatFinished,
     ChatMessage,
+    EngineConfig,
     ImagePart,
     ImageRequest,
+    Limits,
     SamplingOptions,
     TextPart,
 )
-from diptych.models.janus_pro import chat_format as cf
-from diptych.models.janus_pro.adapter import JanusProAdapter
 
 compat.install()
 

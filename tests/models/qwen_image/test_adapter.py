@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from diptych.engine.types import ChatMessage, ImagePart, TextPart
 from diptych.models.qwen_image.adapter import (
     DEFAULT_GUIDANCE_SCALE,
     GUIDANCE_SCALE_KEY,
@@ -18,6 +17,7 @@ from diptych.models.qwen_image.adapter import (
 )
 from diptych.models.qwen_image.source import DEFAULT_SOURCE_AREA, SOURCE_AREA_KEY
 from diptych.models.registry import architecture_of, load_adapter
+from diptych.types import ChatMessage, ImagePart, TextPart
 
 
 def test_registry_picks_the_adapter_by_pipeline_class(tiny_qwen_image_dir: Path, tiny_qwen_image_edit_dir: Path,

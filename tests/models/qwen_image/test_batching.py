@@ -13,9 +13,9 @@ from PIL import Image
 
 from diptych.engine.flow_messages import JobEvent, JobFailed, Shutdown, Submit
 from diptych.engine.flow_scheduler import FlowScheduler
-from diptych.engine.types import ImageRequest, ImagesFinished
 from diptych.models.qwen_image.denoise import pad_prompts
 from diptych.models.qwen_image.flow import QwenImageFlowRunner
+from diptych.types import ImageRequest, ImagesFinished
 
 SMALL_SOURCE_AREA = 96 * 96
 

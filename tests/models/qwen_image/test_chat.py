@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from diptych import compat
-from diptych.engine.types import ChatMessage, ImagePart, TextPart
 from diptych.models.qwen_image.chat import count_tokens, render_chat
 from diptych.models.qwen_image.tiny_vlm import write_tiny_vlm
+from diptych.types import ChatMessage, ImagePart, TextPart
 
 compat.install()
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from diptych.engine.types import ImageRequest
 from diptych.models.qwen_image.conditioning import TensorCache, image_digest
 from diptych.models.qwen_image.flow import QwenImageFlowRunner
+from diptych.types import ImageRequest
 
 PROMPTS = ["a red circle", "a much longer prompt about a blue square next to a green triangle", "x"]
 

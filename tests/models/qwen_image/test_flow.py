@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from diptych.engine.types import ImageRequest
 from diptych.models.qwen_image.flow import EMPTY_NEGATIVE_PROMPT, QwenImageFlowRunner
+from diptych.types import ImageRequest
 
 PROMPT = "a red circle on a white background"
 SEED = 1234

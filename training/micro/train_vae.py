@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from PIL import Image
 
-from diptych.models.micro.analyser import analyse
-from diptych.models.micro.checkpoint import SIZE, Architecture, build_vae
-from diptych.models.micro.data import scene_example
-from diptych.models.micro.training import (
+from diptych.bench.shapes.analyser import analyse
+from training.micro.checkpoint import SIZE, Architecture, build_vae
+from diptych.bench.shapes.data import scene_example
+from training.micro.training import (
     Budget,
     LossLog,
     StageResult,
@@ -30,7 +30,7 @@ from diptych.models.micro.training import (
     run_stage,
     step_generator,
 )
-from diptych.models.micro.world import BACKGROUND, Split, render
+from diptych.bench.shapes.world import BACKGROUND, Split, render
 from diptych.models.qwen_image import latents as lat
 from diptych.models.qwen_image.vae_fast import install_single_frame_paths
 

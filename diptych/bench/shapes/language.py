@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 
-from diptych.models.micro.checks import (
+from diptych.bench.shapes.checks import (
     Count,
     Pattern,
     Relation,
@@ -23,7 +23,7 @@ from diptych.models.micro.checks import (
     Total,
     relation_holds,
 )
-from diptych.models.micro.world import CELL_NAMES, Scene, ShapeObject
+from diptych.bench.shapes.world import CELL_NAMES, Scene, ShapeObject
 
 NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three")
 # Caption kinds, after GenEval's tasks; "layout" pins one object to a cell, "full" describes

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diptych.models.micro.world import GRID
+from diptych.bench.shapes.world import GRID
 
 
 def cell_targets(cells: Sequence[frozenset[int]]) -> torch.Tensor:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diptych.models.micro.world import COLORS, GRID, SHAPES, SIZES, Scene, ShapeObject
+from diptych.bench.shapes.world import COLORS, GRID, SHAPES, SIZES, Scene, ShapeObject
 
 CELL_CLASSES = 1 + len(SHAPES) * len(COLORS) * len(SIZES)  # class 0: an empty cell
 TOKENS_PER_PICTURE = GRID * GRID

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from diptych.models.micro.analyser import MIN_AREA, analyse
-from diptych.models.micro.data import scene_example
-from diptych.models.micro.world import BACKGROUND, Scene, Split, render
+from diptych.bench.shapes.analyser import MIN_AREA, analyse
+from diptych.bench.shapes.data import scene_example
+from diptych.bench.shapes.world import BACKGROUND, Scene, Split, render
 
 logger = logging.getLogger(__name__)
 HELD_OUT = [scene_example(Split.HELDOUT, i) for i in range(500)]

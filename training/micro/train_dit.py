@@ -46,10 +46,10 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from diptych.bench import shapesbench as sb
-from diptych.engine.types import ImageRequest
-from diptych.models.micro.change_probe import ChangeProbe, changed_tokens
-from diptych.models.micro.checkpoint import (
+from diptych.bench.shapes import bench as sb
+from diptych.types import ImageRequest
+from training.micro.change_probe import ChangeProbe, changed_tokens
+from training.micro.checkpoint import (
     EDIT_SOURCE_AREA,
     SIZE,
     Architecture,
@@ -57,8 +57,8 @@ from diptych.models.micro.checkpoint import (
     load_processor,
     load_tokenizer,
 )
-from diptych.models.micro.data import drawing_example, edit_example
-from diptych.models.micro.training import (
+from diptych.bench.shapes.data import drawing_example, edit_example
+from training.micro.training import (
     Budget,
     LossLog,
     StageResult,
@@ -66,7 +66,7 @@ from diptych.models.micro.training import (
     run_stage,
     step_generator,
 )
-from diptych.models.micro.world import Split
+from diptych.bench.shapes.world import Split
 from diptych.models.qwen_image import latents as lat
 from diptych.models.qwen_image.denoise import pad_prompts
 from diptych.models.qwen_image.prompt import PromptEncoder

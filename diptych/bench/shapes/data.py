@@ -18,16 +18,16 @@ from typing import TypeVar
 
 from PIL import Image
 
-from diptych.models.micro.edits import EditTriplet, applicable_kinds, sample_edit
-from diptych.models.micro.language import (
+from diptych.bench.shapes.edits import EditTriplet, applicable_kinds, sample_edit
+from diptych.bench.shapes.language import (
     CAPTION_KINDS,
     Caption,
     caption_of_kind,
     drawn_scene,
     sample_caption,
 )
-from diptych.models.micro.vqa import VQAPair, sample_question
-from diptych.models.micro.world import (
+from diptych.bench.shapes.vqa import VQAPair, sample_question
+from diptych.bench.shapes.world import (
     Scene,
     Split,
     example_rng,

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from diptych.models.micro.data import (
+from diptych.bench.shapes.data import (
     caption_example,
     drawing_example,
     edit_example,
@@ -15,8 +15,8 @@ from diptych.models.micro.data import (
     stream,
     vqa_example,
 )
-from diptych.models.micro.language import CAPTION_KINDS
-from diptych.models.micro.world import Split, render
+from diptych.bench.shapes.language import CAPTION_KINDS
+from diptych.bench.shapes.world import Split, render
 
 
 @pytest.mark.parametrize("make", [caption_example, drawing_example, vqa_example, edit_example])

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from diptych import compat
-from diptych.models.micro import train_dit, train_vlm
-from diptych.models.micro.checkpoint import (
+from training.micro import train_dit, train_vlm
+from training.micro.checkpoint import (
     EDIT_SOURCE_AREA,
     GUIDANCE_SCALE,
     SIZE,
@@ -23,7 +23,7 @@ from diptych.models.micro.checkpoint import (
     check_size,
     load_processor,
 )
-from diptych.models.micro.train import (
+from training.micro.train import (
     SMOKE_BUDGETS,
     STAGES,
     TrainConfig,
@@ -31,8 +31,8 @@ from diptych.models.micro.train import (
     parse_overrides,
     train,
 )
-from diptych.models.micro.training import Budget, OptimizerSet, learning_rate, make_optimizer
-from diptych.models.micro.world import Split
+from training.micro.training import Budget, OptimizerSet, learning_rate, make_optimizer
+from diptych.bench.shapes.world import Split
 from diptych.models.qwen_image.adapter import DEFAULT_GUIDANCE_SCALE, QwenImageAdapter
 from diptych.models.qwen_image.conditioning import PromptSpec, image_digest
 from diptych.models.qwen_image.flow import QwenImageFlowRunner
@@ -180,8 +180,8 @@ def test_prompt_and_target_tokenise_as_the_whole_text(smoke: tuple[Path, dict[st
 
 
 def test_a_vqa_example_is_a_conversation_about_one_picture(smoke: tuple[Path, dict[str, Any]]) -> None:
-    from diptych.engine.types import ChatMessage, ImagePart, TextPart
-    from diptych.models.micro.data import vqa_example
+    from diptych.types import ChatMessage, ImagePart, TextPart
+    from diptych.bench.shapes.data import vqa_example
     from diptych.models.qwen_image.chat import render_chat
 
     processor = load_processor(smoke[0])
@@ -200,7 +200,7 @@ def test_a_vqa_example_is_a_conversation_about_one_picture(smoke: tuple[Path, di
 
 
 def test_grounding_reads_the_state_before_each_answer(smoke: tuple[Path, dict[str, Any]], vlm: Any) -> None:
-    from diptych.models.micro.grounding_probe import GroundingProbe, cell_targets
+    from training.micro.grounding_probe import GroundingProbe, cell_targets
 
     processor = load_processor(smoke[0])
     chat, caption = train_vlm.make_example(processor, "vqa", 5), train_vlm.make_example(processor, "describe", 6)

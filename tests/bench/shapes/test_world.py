@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from diptych.models.micro.world import (
+from diptych.bench.shapes.world import (
     BACKGROUND,
     SPLIT_BUCKETS,
     Scene,

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from diptych.models.micro.world import GRID
+from diptych.bench.shapes.world import GRID
 
 
 class Described(Protocol):

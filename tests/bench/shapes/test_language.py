@@ -8,25 +8,25 @@ from collections import Counter
 
 import pytest
 
-from diptych.models.micro.analyser import DetectedObject, analyse
-from diptych.models.micro.checks import Count, Pattern, Relation
-from diptych.models.micro.edits import EDIT_KINDS, sample_edit
-from diptych.models.micro.language import (
+from diptych.bench.shapes.analyser import DetectedObject, analyse
+from diptych.bench.shapes.checks import Count, Pattern, Relation
+from diptych.bench.shapes.edits import EDIT_KINDS, sample_edit
+from diptych.bench.shapes.language import (
     CAPTION_KINDS,
     Caption,
     caption_of_kind,
     drawn_scene,
     named_scene,
 )
-from diptych.models.micro.vqa import QUESTION_KINDS, sample_question
-from diptych.models.micro.world import (
+from diptych.bench.shapes.vqa import QUESTION_KINDS, sample_question
+from diptych.bench.shapes.world import (
     CELL_NAMES,
     Scene,
     ShapeObject,
     render,
     sample_scene,
 )
-from tests.models.micro.reader import INSTRUCTION, QUESTION, read_cell, read_phrase
+from tests.bench.shapes.reader import INSTRUCTION, QUESTION, read_cell, read_phrase
 
 SCENES = [sample_scene(random.Random(seed)) for seed in range(400)]
 

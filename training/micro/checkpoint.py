@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from diptych.models.micro.tokenizer import build_tokenizer
+from training.micro.tokenizer import build_tokenizer
 from diptych.models.qwen_image.adapter import GUIDANCE_SCALE_KEY, IMAGE_SIDE_KEY
 from diptych.models.qwen_image.chat_template import CHAT_TEMPLATE
 from diptych.models.qwen_image.source import SOURCE_AREA_KEY

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from diptych.models.micro.world import GRID, PALETTE, SIZE_FRACTION, Scene, ShapeObject
+from diptych.bench.shapes.world import GRID, PALETTE, SIZE_FRACTION, Scene, ShapeObject
 
 ANALYSIS_SIZE = 64
 # Distance from the background (RGB, 0–441) above which a pixel is foreground: about a
@@ -149,7 +149,7 @@ def _describe(pixels: np.ndarray, distance: np.ndarray, component: np.ndarray) -
 def _shape(skew_y: float, joint: float) -> str:
     # An upright triangle's mass grows downwards: vertical skewness −0.57, where circles and
     # squares are symmetric (0). Then squares ≈ 1 and circles ≈ ⅔ in ``joint``. The cuts
-    # sit mid-way; tests/models/micro/test_analyser.py checks the margins on renders.
+    # sit mid-way; tests/bench/shapes/test_analyser.py checks the margins on renders.
     if skew_y < -0.28:
         return "triangle"
     return "square" if joint > 0.83 else "circle"

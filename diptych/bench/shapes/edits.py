@@ -12,9 +12,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 
-from diptych.models.micro.checks import Pattern
-from diptych.models.micro.language import noun, refer
-from diptych.models.micro.world import (
+from diptych.bench.shapes.checks import Pattern
+from diptych.bench.shapes.language import noun, refer
+from diptych.bench.shapes.world import (
     CELL_NAMES,
     COLORS,
     MAX_OBJECTS,

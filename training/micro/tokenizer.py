@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from diptych.models.micro.data import caption_example, edit_example, vqa_example
-from diptych.models.micro.world import Split
+from diptych.bench.shapes.data import caption_example, edit_example, vqa_example
+from diptych.bench.shapes.world import Split
 from diptych.models.qwen_image.chat_template import DEFAULT_SYSTEM_PROMPT
 from diptych.models.qwen_image.prompt import EDIT_TEMPLATE, GENERATE_TEMPLATE
 from diptych.models.qwen_image.tiny_vlm import qwen2_tokenizer
@@ -22,7 +22,7 @@ VOCAB_SIZE = 768  # the world's ~100 words plus the templates' words; the rest a
 _CORPUS_EXAMPLES = 400  # per kind; the grammar is small, so a few hundred sentences cover it
 
 # Ways of asking for a description in chat; the VLM is trained to answer them with the
-# full caption (diptych.models.micro.train_vlm), and users may ask so.
+# full caption (training.micro.train_vlm), and users may ask so.
 DESCRIBE_QUESTIONS: tuple[str, ...] = (
     "describe the picture.", "what is in the picture?", "describe the image.", "what do you see?",
 )

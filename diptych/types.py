@@ -1,11 +1,14 @@
-"""Requests and events that cross the gateway ↔ engine boundary (and the engine ↔ worker one).
+"""The ground: values that cross the gateway ↔ engine boundary (and the engine ↔ worker one).
 
-Frozen dataclasses of plain values and PIL images: picklable, free of HTTP and tensors.
+Requests, events, and the engine configuration derived from the settings. Frozen dataclasses
+of plain values and PIL images: picklable, free of HTTP and tensors. Every layer may import
+this module; it imports no other module of the package.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from PIL import Image
@@ -114,3 +117,30 @@ class ImagesFinished:
 
 
 ImageEvent = ImageProgress | PartialImage | ImagesFinished
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Request limits; anything past them is refused with a 4xx before it reaches a model."""
+
+    max_image_side: int
+    max_n: int
+    max_steps: int
+    max_prompt_tokens: int
+    max_output_tokens: int
+    max_images_per_request: int
+    queue_depth: int
+    request_timeout_s: float
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model_dir: Path
+    served_name: str
+    device: str
+    cache_dir: Path
+    kv_cache_gib: float
+    max_model_len: int
+    max_num_seqs: int
+    ar_startup_timeout_s: float
+    limits: Limits

@@ -1,6 +1,6 @@
 """ShapesBench's items and judges, without HTTP: what to ask, and whether an answer is right.
 
-Items come from the held-out split of the shapes world (``models/micro/data.py``), so a
+Items come from the held-out split of the shapes world (``data.py`` beside it), so a
 model trained on the training split is tested on scenes it never saw. Item ``i`` of a
 task has kind ``KINDS[i % len(KINDS)]``: every kind gets its share at any ``n``. The
 ``seed`` chooses a disjoint window of held-out indices; an image item also carries the
@@ -27,12 +27,12 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from diptych.models.micro.analyser import analyse
-from diptych.models.micro.checks import Described, Requirement
-from diptych.models.micro.data import caption_example, edit_example, vqa_example
-from diptych.models.micro.edits import EDIT_KINDS, EditTriplet
-from diptych.models.micro.vqa import QUESTION_KINDS
-from diptych.models.micro.world import Scene, Split
+from diptych.bench.shapes.analyser import analyse
+from diptych.bench.shapes.checks import Described, Requirement
+from diptych.bench.shapes.data import caption_example, edit_example, vqa_example
+from diptych.bench.shapes.edits import EDIT_KINDS, EditTriplet
+from diptych.bench.shapes.vqa import QUESTION_KINDS
+from diptych.bench.shapes.world import Scene, Split
 
 T2I_KINDS: tuple[str, ...] = ("object", "color", "count", "two_objects", "color_attr", "position", "layout")
 SEED_STRIDE = 1_000_000  # held-out indices of seed s: [s·stride, s·stride + n)

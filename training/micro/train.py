@@ -1,4 +1,4 @@
-"""Train the embedded micro model: ``python -m diptych.models.micro.train --out DIR``.
+"""Train the embedded micro model: ``python -m training.micro.train --out DIR``.
 
 Three stages, each saving its part of a Qwen-Image-Edit checkpoint in ``DIR`` so that a
 later stage (or a rerun of one stage) starts from what is on disk:
@@ -24,13 +24,13 @@ from pathlib import Path
 
 import torch
 
-from diptych.models.micro.checkpoint import (
+from training.micro.checkpoint import (
     ARCHITECTURES,
     Architecture,
     check_size,
     write_skeleton,
 )
-from diptych.models.micro.training import Budget, LossLog
+from training.micro.training import Budget, LossLog
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +90,9 @@ class TrainConfig:
 def train(config: TrainConfig) -> dict[str, object]:
     """Run the chosen stages in order; returns a summary (also the log's last line)."""
     # Imported here: each stage pulls in transformers / diffusers, and --help should be instant.
-    from diptych.models.micro.train_dit import train_dit
-    from diptych.models.micro.train_vae import train_vae
-    from diptych.models.micro.train_vlm import train_vlm
+    from training.micro.train_dit import train_dit
+    from training.micro.train_vae import train_vae
+    from training.micro.train_vlm import train_vlm
 
     torch.set_num_threads(config.threads)
     out = config.out
@@ -131,7 +131,7 @@ def parse_overrides(text: str | None, kind: type, flag: str) -> dict[str, float 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m diptych.models.micro.train", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.micro.train", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="checkpoint directory (created; stages resume from it)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of vae,vlm,dit, run in order")

@@ -12,9 +12,9 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from diptych.models.micro.checks import Described, Pattern
-from diptych.models.micro.language import noun, refer
-from diptych.models.micro.world import CELL_NAMES, COLORS, GRID, SHAPES, SIZES, Scene
+from diptych.bench.shapes.checks import Described, Pattern
+from diptych.bench.shapes.language import noun, refer
+from diptych.bench.shapes.world import CELL_NAMES, COLORS, GRID, SHAPES, SIZES, Scene
 
 QUESTION_KINDS: tuple[str, ...] = ("color", "shape", "count", "position", "exist")
 

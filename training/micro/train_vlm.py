@@ -45,35 +45,35 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from diptych.bench.shapesbench import answer_matches, vqa_items
-from diptych.engine.types import ChatMessage, ImagePart, TextPart
-from diptych.models.micro.checkpoint import (
+from diptych.bench.shapes.bench import answer_matches, vqa_items
+from diptych.types import ChatMessage, ImagePart, TextPart
+from training.micro.checkpoint import (
     EDIT_SOURCE_AREA,
     Architecture,
     build_vlm,
     load_processor,
     save_vlm,
 )
-from diptych.models.micro.data import (
+from diptych.bench.shapes.data import (
     caption_example,
     drawing_example,
     edit_example,
     vqa_example,
 )
-from diptych.models.micro.grounding_probe import GroundingProbe
-from diptych.models.micro.language import caption_of_kind
-from diptych.models.micro.token_probe import TokenProbe
-from diptych.models.micro.tokenizer import DESCRIBE_QUESTIONS
-from diptych.models.micro.training import (
+from training.micro.grounding_probe import GroundingProbe
+from diptych.bench.shapes.language import caption_of_kind
+from training.micro.token_probe import TokenProbe
+from training.micro.tokenizer import DESCRIBE_QUESTIONS
+from training.micro.training import (
     Budget,
     LossLog,
     StageResult,
     make_optimizer,
     run_stage,
 )
-from diptych.models.micro.vision_probe import VisionProbe
-from diptych.models.micro.vqa import QUESTION_KINDS, VQAPair, sample_question
-from diptych.models.micro.world import Scene, Split
+from training.micro.vision_probe import VisionProbe
+from diptych.bench.shapes.vqa import QUESTION_KINDS, VQAPair, sample_question
+from diptych.bench.shapes.world import Scene, Split
 from diptych.models.qwen_image.chat import render_chat
 from diptych.models.qwen_image.prompt import (
     EDIT_TEMPLATE,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from diptych.models.micro.world import (
+from diptych.bench.shapes.world import (
     CELL_NAMES,
     COLORS,
     SHAPES,

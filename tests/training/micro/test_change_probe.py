@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from diptych.models.micro.change_probe import ChangeProbe, changed_tokens
-from diptych.models.micro.checkpoint import FULL
-from diptych.models.micro.world import Scene, ShapeObject, render
+from training.micro.change_probe import ChangeProbe, changed_tokens
+from training.micro.checkpoint import FULL
+from diptych.bench.shapes.world import Scene, ShapeObject, render
 from diptych.models.qwen_image import latents as lat
 
 

@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from diptych.models.micro.checkpoint import SMOKE, load_processor, write_skeleton
-from diptych.models.micro.vision_probe import (
+from training.micro.checkpoint import SMOKE, load_processor, write_skeleton
+from training.micro.vision_probe import (
     CELL_CLASSES,
     TOKENS_PER_PICTURE,
     VisionProbe,
     cell_class,
     scene_targets,
 )
-from diptych.models.micro.world import (
+from diptych.bench.shapes.world import (
     COLORS,
     GRID,
     SHAPES,

@@ -1,0 +1,1 @@
+"""Training code for the models the project ships; not part of the installed package."""
