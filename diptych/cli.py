@@ -21,6 +21,7 @@ BENCHES: dict[str, str] = {
     "flow": "diptych.bench.flow",
     "load": "diptych.bench.load",
     "quality": "diptych.bench.quality",
+    "startup": "diptych.bench.startup",
 }
 
 def _serve(args: argparse.Namespace) -> int:

@@ -38,6 +38,7 @@ class SamplingOptions:
     top_k: int = 0  # 0: no top-k truncation
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # decode max_tokens tokens whatever is sampled (benchmarks)
 
 
 @dataclass(frozen=True)

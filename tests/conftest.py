@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 
 
@@ -14,3 +17,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+TinyCheckpoint = Callable[..., Path]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> TinyCheckpoint:
+    """``tiny_checkpoint(family, seed=0)``: the tiny random checkpoint of a family, written once a session.
+
+    Families are those of ``diptych make-tiny`` (the model registry's ``TINY_FACTORIES``). The
+    directory is shared by every test that asks for the same family and seed, so a test must
+    not change it: copy it first.
+    """
+    from diptych.models.registry import TINY_FACTORIES, load_target
+
+    written: dict[tuple[str, int], Path] = {}
+
+    def get(family: str, seed: int = 0) -> Path:
+        if (family, seed) not in written:
+            out = tmp_path_factory.mktemp(f"tiny-{family}-{seed}") / f"tiny-{family}"
+            written[family, seed] = load_target(TINY_FACTORIES[family])(out, seed=seed)
+        return written[family, seed]
+
+    return get

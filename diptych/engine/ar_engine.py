@@ -355,6 +355,7 @@ def _sampling_params(sampling: SamplingOptions) -> SamplingParams:
         top_k=sampling.top_k,  # 0 disables top-k in vLLM too
         seed=sampling.seed,
         stop=list(sampling.stop) or None,
+        ignore_eos=sampling.ignore_eos,
         output_kind=RequestOutputKind.DELTA,
     )
 

@@ -3,7 +3,7 @@
 ``diptych-micro`` is what ``python -m training.micro.train`` writes — a
 Qwen-Image-Edit checkpoint trained on the shapes world — shipped inside the package and
 served by the same family adapter as the public checkpoints. What it scores on ShapesBench
-and how it was trained: docs/architecture.md, "Training the micro model".
+and how it was trained: docs/micro-model.md.
 """
 
 from __future__ import annotations

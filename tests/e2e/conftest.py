@@ -6,13 +6,12 @@ from pathlib import Path
 import pytest
 
 from diptych.bench.server_process import ServerProcess, serving
+from tests.conftest import TinyCheckpoint
 
 
 @pytest.fixture(scope="session")
-def edit_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from diptych.models.qwen_image.tiny import write_tiny_qwen_image_edit
-
-    return write_tiny_qwen_image_edit(tmp_path_factory.mktemp("ckpt") / "tiny-edit", seed=0)
+def edit_checkpoint(tiny_checkpoint: TinyCheckpoint) -> Path:
+    return tiny_checkpoint("qwen-image-edit")
 
 
 @pytest.fixture(scope="session")

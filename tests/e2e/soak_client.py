@@ -20,7 +20,7 @@ from typing import ClassVar
 import httpx
 from PIL import Image
 
-MODEL = "tiny-edit"
+MODEL = "tiny-qwen-image-edit"
 VALID = frozenset({200, 429, 503, 504})  # the documented statuses of a well-formed request
 # What each malformed kind must get; every other kind is well formed.
 REFUSED = {"bad_model": 404, "bad_size": 400, "bad_json": 400, "bad_steps": 400, "too_large": 413, "bad_route": 404}
@@ -136,7 +136,7 @@ class Mix:
         if kind == "bad_size":
             return Call(kind, "/v1/images/generations", json={**image, "size": "63x65"})
         if kind == "bad_json":
-            return Call(kind, "/v1/chat/completions", content=b'{"model": "tiny-edit", "messages": [')
+            return Call(kind, "/v1/chat/completions", content=b'{"model": "tiny-qwen-image-edit", "messages": [')
         if kind == "bad_steps":
             return Call(kind, "/v1/images/generations", json={**image, "num_inference_steps": 10**6})
         if kind == "too_large":

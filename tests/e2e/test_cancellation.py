@@ -10,7 +10,7 @@ import pytest
 from tests.e2e.probes import metric, wait_until
 from diptych.bench.server_process import ServerProcess
 
-MODEL = "tiny-edit"
+MODEL = "tiny-qwen-image-edit"
 # Long enough (tens of seconds on CPU) that it is surely still running when the client leaves.
 LONG_IMAGE = {"model": MODEL, "prompt": "a long job", "size": "256x256", "n": 2, "num_inference_steps": 900, "seed": 1}
 

@@ -22,7 +22,7 @@ import pytest
 from diptych.bench.server_process import ServerProcess, start_server
 from tests.e2e.probes import SLOW_DRAIN_S, SlowGeneration, metric, wait_until
 
-MODEL = "tiny-edit"
+MODEL = "tiny-qwen-image-edit"
 RECOVERY_TIMEOUT_S = 300  # a new vLLM engine on a loaded 2-core machine
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 from tests.e2e.probes import SLOW_DRAIN_S, SlowGeneration, metric, wait_until
 from diptych.bench.server_process import start_server
 
-MODEL = "tiny-edit"
+MODEL = "tiny-qwen-image-edit"
 
 
 def test_sigterm_finishes_the_work_in_flight_and_refuses_new_work(

@@ -18,15 +18,14 @@ import torch
 from PIL import Image
 
 from diptych.bench.server_process import ServerProcess, serving
+from tests.conftest import TinyCheckpoint
 
 MODEL = "tiny-janus"
 
 
 @pytest.fixture(scope="module")
-def janus_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from diptych.models.janus_pro.tiny import write_tiny_janus_pro
-
-    return write_tiny_janus_pro(tmp_path_factory.mktemp("ckpt") / "tiny-janus", seed=0)
+def janus_checkpoint(tiny_checkpoint: TinyCheckpoint) -> Path:
+    return tiny_checkpoint("janus-pro")
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from PIL import Image
 from diptych.bench.server_process import ServerProcess
 from tests.server.bad_inputs import images
 
-MODEL = "tiny-edit"
+MODEL = "tiny-qwen-image-edit"
 BODY_LIMIT = 20 * 1024 * 1024  # the server's default DIPTYCH_MAX_BODY_BYTES
 # Warm-up rounds let the allocator settle (its arenas keep freed blocks for reuse); a leak of
 # one large upload or its decoded pixels (2560² RGB: 20 MB) per round then adds 120 MB or more

@@ -12,7 +12,7 @@ from PIL import Image
 
 from diptych.bench.server_process import ServerProcess
 
-MODEL = "tiny-edit"
+MODEL = "tiny-qwen-image-edit"
 
 
 def png_data_url(colour: tuple[int, int, int] = (255, 0, 0), size: int = 56) -> str:

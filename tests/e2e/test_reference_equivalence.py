@@ -17,7 +17,7 @@ from PIL import Image
 from diptych import compat
 from diptych.bench.server_process import ServerProcess
 
-MODEL = "tiny-edit"
+MODEL = "tiny-qwen-image-edit"
 
 
 def png_bytes(image: Image.Image) -> bytes:

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from diptych.bench.server_process import ServerProcess, serving
+from tests.conftest import TinyCheckpoint
 from tests.e2e.probes import metric, wait_until
 
 MODEL = "tiny-t2i"
@@ -20,11 +21,9 @@ LONG_IMAGE = {"model": MODEL, "prompt": "slow", "size": "256x256", "n": 2, "num_
 
 
 @pytest.fixture(scope="module")
-def t2i_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    from diptych.models.qwen_image.tiny import write_tiny_qwen_image
-
-    checkpoint = write_tiny_qwen_image(tmp_path_factory.mktemp("t2i") / MODEL, seed=1)
-    with serving(checkpoint, tmp_path_factory.mktemp("t2i-server"), "--queue-depth", "1",
+def t2i_server(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: TinyCheckpoint) -> Iterator[ServerProcess]:
+    with serving(tiny_checkpoint("qwen-image", seed=1), tmp_path_factory.mktemp("t2i-server"),
+                 "--served-model-name", MODEL, "--queue-depth", "1",
                  "--request-timeout", "4", "--max-steps", "1000") as server:
         yield server
 

@@ -15,15 +15,15 @@ import pytest_asyncio
 
 from diptych.engine.errors import EngineUnavailableError
 from diptych.engine.flow_client import FlowClient
-from diptych.models.qwen_image.tiny import write_tiny_qwen_image
 from diptych.types import EngineConfig, ImageProgress, ImageRequest, ImagesFinished, Limits
+from tests.conftest import TinyCheckpoint
 
 SESSION_LOOP = pytest.mark.asyncio(loop_scope="session")
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_qwen_image(tmp_path_factory.mktemp("flow_client") / "tiny", seed=0)
+def checkpoint(tiny_checkpoint: TinyCheckpoint) -> Path:
+    return tiny_checkpoint("qwen-image")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

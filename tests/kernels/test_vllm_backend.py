@@ -34,6 +34,7 @@ from diptych.kernels.vllm_backend import (  # noqa: E402
     image_spans,
     write_kv,
 )
+from tests.conftest import TinyCheckpoint  # noqa: E402
 
 HEADS, KV_HEADS, HEAD_DIM, BLOCK_SIZE, NUM_BLOCKS = 4, 2, 16, 4, 40
 
@@ -214,12 +215,10 @@ import vllm_prefix_lm_run as runner  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def engine_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def engine_runs(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: TinyCheckpoint) -> dict[str, Any]:
     """Both vLLM runs (ours, stock) at once in subprocesses, and transformers' references meanwhile."""
-    from diptych.models.gemma3.tiny import write_tiny_gemma3
-
     root = tmp_path_factory.mktemp("gemma3_vllm")
-    model_dir = write_tiny_gemma3(root / "model", seed=0)
+    model_dir = tiny_checkpoint("gemma3")
     # Engine core in the runner's process (with the "uni" executor, one interpreter in all).
     env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     procs = {

@@ -17,16 +17,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from diptych.bench.load.inputs import builtin_images
 from diptych.bench.server_process import ServerProcess, free_port, serving
 from diptych.cli import main
+from tests.conftest import TinyCheckpoint
 
 pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    from diptych.models.qwen_image.tiny import write_tiny_qwen_image_edit
-
-    checkpoint = write_tiny_qwen_image_edit(tmp_path_factory.mktemp("ckpt") / "tiny-edit", seed=0)
-    with serving(checkpoint, tmp_path_factory.mktemp("server"), "--queue-depth", "4") as process:
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: TinyCheckpoint) -> Iterator[ServerProcess]:
+    with serving(tiny_checkpoint("qwen-image-edit"), tmp_path_factory.mktemp("server"), "--queue-depth", "4") as process:
         yield process
 
 

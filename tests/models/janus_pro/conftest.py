@@ -1,4 +1,4 @@
-"""A tiny Janus-Pro checkpoint, once per session."""
+"""The tiny Janus-Pro checkpoint under the name this package's tests use."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from diptych.models.janus_pro.tiny import write_tiny_janus_pro
+from tests.conftest import TinyCheckpoint
 
 
 @pytest.fixture(scope="session")
-def tiny_janus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_janus_pro(tmp_path_factory.mktemp("janus_pro") / "tiny-janus-pro", seed=0)
+def tiny_janus_dir(tiny_checkpoint: TinyCheckpoint) -> Path:
+    return tiny_checkpoint("janus-pro")

@@ -1,4 +1,4 @@
-"""Tiny Qwen-Image checkpoints, our runners on them, and diffusers' reference pipelines: once per session."""
+"""Our runners on the tiny Qwen-Image checkpoints, and diffusers' reference pipelines: once per session."""
 
 from __future__ import annotations
 
@@ -9,17 +9,17 @@ import pytest
 
 from diptych import compat
 from diptych.models.qwen_image.flow import QwenImageFlowRunner
-from diptych.models.qwen_image.tiny import write_tiny_qwen_image, write_tiny_qwen_image_edit
+from tests.conftest import TinyCheckpoint
 
 
 @pytest.fixture(scope="session")
-def tiny_qwen_image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_qwen_image(tmp_path_factory.mktemp("qwen_image") / "tiny-qwen-image", seed=0)
+def tiny_qwen_image_dir(tiny_checkpoint: TinyCheckpoint) -> Path:
+    return tiny_checkpoint("qwen-image")
 
 
 @pytest.fixture(scope="session")
-def tiny_qwen_image_edit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_qwen_image_edit(tmp_path_factory.mktemp("qwen_image_edit") / "tiny-qwen-image-edit", seed=0)
+def tiny_qwen_image_edit_dir(tiny_checkpoint: TinyCheckpoint) -> Path:
+    return tiny_checkpoint("qwen-image-edit")
 
 
 @pytest.fixture(scope="session")
