@@ -1,27 +1,40 @@
 """The one settings object: built once from CLI flags and ``DIPTYCH_*`` environment variables.
 
-The HTTP side reads it directly; the engine side receives the plain frozen
-dataclasses that :meth:`Settings.limits` and :meth:`Settings.engine_config` derive
-from it, so that engine code never imports pydantic.
+Each setting is declared once, as a field here: ``diptych serve``'s flags are generated
+from the fields (``cli.py``), the environment variable is ``DIPTYCH_`` and the field's name
+in capitals, and a test holds the README's tables to the fields. The HTTP side reads the
+object directly; the engine side receives the plain frozen dataclasses that
+:meth:`Settings.limits` and :meth:`Settings.engine_config` fill by field name, so that
+engine code never imports pydantic.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from diptych.types import EngineConfig, Limits
 
+ENV_PREFIX = "DIPTYCH_"
+
+_Derived = TypeVar("_Derived")
+
+
+def env_var(name: str) -> str:
+    """The environment variable of setting ``name``."""
+    return ENV_PREFIX + name.upper()
+
 
 class Settings(BaseSettings):
     """Server settings. Unknown ``DIPTYCH_*`` keys and bad values are errors, not ignored."""
 
     model_config = SettingsConfigDict(
-        env_prefix="DIPTYCH_",
+        env_prefix=ENV_PREFIX,
         extra="forbid",
         frozen=True,
         env_ignore_empty=True,
@@ -29,16 +42,18 @@ class Settings(BaseSettings):
 
     model: Path | None = Field(
         default=None,
-        description="Checkpoint directory. None serves the embedded default model.",
+        description="Checkpoint directory; unset, the embedded default model is served.",
     )
     served_model_name: str | None = Field(
         default=None, description="Name clients use in the `model` field; defaults to the directory name."
     )
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
-    device: Literal["cpu", "cuda"] = "cpu"
+    host: str = Field(default="127.0.0.1", description="Address to listen on.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port to listen on.")
+    device: Literal["cpu", "cuda"] = Field(default="cpu", description="Where the models run.")
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
-        default=(), description="Bearer keys; when any is set every route but /health needs one."
+        default=(),
+        description="Bearer keys (comma-separated in the environment); when any is set every route but /health "
+        "needs one.",
     )
     cache_dir: Path = Field(
         default_factory=lambda: Path.home() / ".cache" / "diptych",
@@ -47,37 +62,44 @@ class Settings(BaseSettings):
     max_input_pixels: int = Field(default=4096 * 4096, ge=64, description="Largest uploaded image, in pixels.")
 
     # Limits: a request beyond any of them is a 4xx, never a crash.
-    max_image_side: int = Field(default=1024, ge=16)
-    max_n: int = Field(default=4, ge=1)
-    max_steps: int = Field(default=100, ge=1)
+    max_image_side: int = Field(default=1024, ge=16, description="Longest side of a generated or edited image.")
+    max_n: int = Field(default=4, ge=1, description="Images per request (`n`).")
+    max_steps: int = Field(default=100, ge=1, description="Denoising steps per image.")
     max_prompt_tokens: int = Field(default=2048, ge=8, description="Prompt tokens, images counted at their size.")
-    max_output_tokens: int = Field(default=1024, ge=1)
-    max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
-    max_images_per_request: int = Field(default=4, ge=1)
+    max_output_tokens: int = Field(default=1024, ge=1, description="Completion tokens per chat request.")
+    max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, description="Largest request body (413 past it).")
+    max_images_per_request: int = Field(default=4, ge=1, description="Input images per request.")
     queue_depth: int = Field(default=64, ge=1, description="Requests admitted but not finished, per engine.")
-    request_timeout_s: float = Field(default=300.0, gt=0, description="Per-request deadline (504 past it).")
+    request_timeout_s: float = Field(default=300.0, gt=0, description="Per-request deadline, in seconds (504 past it).")
     shutdown_timeout_s: float = Field(
-        default=30.0, ge=0, description="On SIGTERM, how long requests in flight may take to finish (then 503)."
+        default=30.0, ge=0,
+        description="On SIGTERM or SIGINT, seconds requests in flight get to finish (then 503).",
     )
 
     # Remote image URLs in chat requests. Off unless hosts are listed: fetching a URL that a
     # client names is a server-side request forgery risk.
     remote_image_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(),
-        description="Hosts image URLs may name (exact, or '*.example.com' for subdomains; IP literals allowed). "
-        "Empty: remote image URLs are refused.",
+        description="Hosts image URLs may name (exact, or '*.example.com' for subdomains; IP literals allowed; "
+        "comma-separated in the environment). Empty: remote image URLs are refused.",
     )
     remote_image_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, description="Largest remote image.")
-    remote_image_timeout_s: float = Field(default=10.0, gt=0, description="Time for one image, redirects included.")
-    remote_image_max_redirects: int = Field(default=3, ge=0, le=10)
+    remote_image_timeout_s: float = Field(
+        default=10.0, gt=0, description="Seconds to fetch one remote image, redirects included."
+    )
+    remote_image_max_redirects: int = Field(default=3, ge=0, le=10, description="Redirects followed per remote image.")
 
     # The AR engine (vLLM).
     kv_cache_gib: float = Field(default=1.0, gt=0, description="KV-cache budget for vLLM on CPU.")
-    max_model_len: int = Field(default=4096, ge=256)
-    max_num_seqs: int = Field(default=16, ge=1)
-    ar_startup_timeout_s: float = Field(default=600.0, gt=0)
+    max_model_len: int = Field(default=4096, ge=256, description="vLLM context length: prompt and output tokens.")
+    max_num_seqs: int = Field(default=16, ge=1, description="vLLM sequences per step (a guided image is two).")
+    ar_startup_timeout_s: float = Field(
+        default=600.0, gt=0, description="Seconds the vLLM engine and the image decoder worker get to start."
+    )
 
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Logging level, the server's and uvicorn's."
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -111,35 +133,33 @@ class Settings(BaseSettings):
     def model_post_init(self, context: object) -> None:
         # pydantic-settings ignores unknown prefixed variables; a typo there would silently
         # leave a default in force, so it is an error here.
-        prefix = "DIPTYCH_"
         unknown = sorted(
-            k for k in os.environ if k.upper().startswith(prefix) and k[len(prefix):].lower() not in type(self).model_fields
+            k for k in os.environ
+            if k.upper().startswith(ENV_PREFIX) and k[len(ENV_PREFIX):].lower() not in type(self).model_fields
         )
         if unknown:
-            known = ", ".join(prefix + name.upper() for name in type(self).model_fields)
+            known = ", ".join(env_var(name) for name in type(self).model_fields)
             raise ValueError(f"unknown environment variable(s) {', '.join(unknown)}; known: {known}")
 
     def limits(self) -> Limits:
-        return Limits(
-            max_image_side=self.max_image_side,
-            max_n=self.max_n,
-            max_steps=self.max_steps,
-            max_prompt_tokens=self.max_prompt_tokens,
-            max_output_tokens=self.max_output_tokens,
-            max_images_per_request=self.max_images_per_request,
-            queue_depth=self.queue_depth,
-            request_timeout_s=self.request_timeout_s,
-        )
+        return self._derive(Limits)
 
     def engine_config(self, model_dir: Path, served_name: str) -> EngineConfig:
-        return EngineConfig(
-            model_dir=model_dir,
-            served_name=served_name,
-            device=self.device,
-            cache_dir=self.cache_dir,
-            kv_cache_gib=self.kv_cache_gib,
-            max_model_len=self.max_model_len,
-            max_num_seqs=self.max_num_seqs,
-            ar_startup_timeout_s=self.ar_startup_timeout_s,
-            limits=self.limits(),
-        )
+        return self._derive(EngineConfig, model_dir=model_dir, served_name=served_name, limits=self.limits())
+
+    def _derive(self, cls: type[_Derived], **given: Any) -> _Derived:
+        """An instance of dataclass ``cls``: each field a setting of the same name, or one of ``given``.
+
+        Filled by name rather than copied by hand, so that a field added to ``cls`` is either
+        a setting or an error here, never silently left out.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        settings = set(type(self).model_fields)
+        missing = names - settings - set(given)
+        both = names & settings & set(given)
+        if missing or both or set(given) - names:
+            raise TypeError(
+                f"{cls.__name__} fields {sorted(names)} must each be either a setting or given; "
+                f"neither: {sorted(missing)}, both: {sorted(both)}, given but no field: {sorted(set(given) - names)}"
+            )
+        return cls(**{name: given[name] if name in given else getattr(self, name) for name in names})

@@ -122,7 +122,10 @@ ImageEvent = ImageProgress | PartialImage | ImagesFinished
 
 @dataclass(frozen=True)
 class Limits:
-    """Request limits; anything past them is refused with a 4xx before it reaches a model."""
+    """Request limits; anything past them is refused with a 4xx before it reaches a model.
+
+    Each field is filled from the setting of the same name (``Settings.limits``).
+    """
 
     max_image_side: int
     max_n: int
@@ -136,6 +139,9 @@ class Limits:
 
 @dataclass(frozen=True)
 class EngineConfig:
+    """What an engine is built from. Each field is filled from the setting of the same name,
+    unless ``Settings.engine_config`` gives it; a field that is neither is an error there."""
+
     model_dir: Path
     served_name: str
     device: str
