@@ -75,6 +75,10 @@ class Settings(BaseSettings):
         default=30.0, ge=0,
         description="On SIGTERM or SIGINT, seconds requests in flight get to finish (then 503).",
     )
+    sse_keepalive_s: float = Field(
+        default=15.0, gt=0,
+        description="Seconds of silence on a stream before a keep-alive comment (idle proxies cut quiet streams).",
+    )
 
     # Remote image URLs in chat requests. Off unless hosts are listed: fetching a URL that a
     # client names is a server-side request forgery risk.

@@ -118,12 +118,6 @@ class Orchestrator:
                 f"max_tokens {request.sampling.max_tokens} exceeds the limit of {limits.max_output_tokens}",
                 param="max_tokens",
             )
-        images = sum(1 for m in request.messages for p in m.content if hasattr(p, "image"))
-        if images > limits.max_images_per_request:
-            raise InvalidRequestError(
-                f"{images} images in one request exceed the limit of {limits.max_images_per_request}",
-                param="messages",
-            )
         with self._chat_gate.admit():
             deadline = asyncio.get_running_loop().time() + limits.request_timeout_s
             prompt = await asyncio.to_thread(self._adapter.render_chat, request.messages)

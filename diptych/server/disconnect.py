@@ -16,7 +16,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from fastapi import Request
-from fastapi.responses import StreamingResponse
+from sse_starlette import EventSourceResponse
 
 from diptych.server.errors import APIError
 from diptych.server.shutdown import Drain
@@ -44,7 +44,7 @@ async def cancel_on_disconnect(request: Request, work: Coroutine[Any, Any, T], d
         await asyncio.wait({task, *watchers}, return_when=asyncio.FIRST_COMPLETED)
         if task.done():
             result = task.result()
-            if drain is not None and isinstance(result, StreamingResponse):
+            if drain is not None and isinstance(result, EventSourceResponse):
                 result.body_iterator = drain.guard_stream(result.body_iterator)
             return result
         task.cancel()

@@ -132,3 +132,9 @@ def encode_image(image: Image.Image, fmt: str, compression: int | None) -> str:
         quality = 100 - compression if compression is not None else 95
         image.save(buffer, format="JPEG" if fmt == "jpeg" else "WEBP", quality=max(1, quality))
     return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def check_image_count(count: int, limit: int, param: str) -> None:
+    """Input images per request: checked here only, before any of them is fetched or decoded."""
+    if count > limit:
+        raise APIError(400, f"{count} images in one request exceed the limit of {limit}", param=param)

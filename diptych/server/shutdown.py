@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from types import FrameType
 
 import uvicorn
+from sse_starlette import ServerSentEvent
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from diptych.server.errors import APIError, error_body
@@ -70,7 +71,7 @@ class Drain:
         return APIError(503, "the server shut down before the request finished; retry it", code="shutting_down",
                         headers={"Retry-After": "5"})
 
-    async def guard_stream(self, chunks: AsyncIterator[str | bytes]) -> AsyncIterator[str | bytes]:
+    async def guard_stream(self, chunks: AsyncIterator[ServerSentEvent]) -> AsyncIterator[ServerSentEvent]:
         """Relay a streamed body; past the drain timeout, close it (aborting its work) and end with an error event."""
         expired = asyncio.ensure_future(self.expired.wait())
         step: asyncio.Future | None = None

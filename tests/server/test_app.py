@@ -295,3 +295,26 @@ async def test_metrics_exposes_requests_latency_and_engine_gauges(make_client) -
 async def test_unknown_route_is_404_envelope(make_client) -> None:
     client = make_client()
     assert_envelope(await client.get("/v1/nothing"), 404)
+
+
+@pytest.mark.parametrize("path", ["/v1/images/generations", "/v1/chat/completions"])
+async def test_a_quiet_stream_gets_keep_alive_comments(make_client, path: str) -> None:
+    # Each engine step takes 0.3 s and the stream sends nothing in between (no partial images).
+    client = make_client(FakeEngine(delay_s=0.3), sse_keepalive_s=0.05)
+    body = {"prompt": "x", "stream": True, "size": "32x32"} if path.endswith("generations") else chat_body(stream=True)
+    async with client.stream("POST", path, json=body) as response:
+        assert response.status_code == 200
+        raw = b"".join([chunk async for chunk in response.aiter_bytes()])
+    assert b"\r\n" not in raw  # OpenAI's streams end lines with a bare newline
+    lines = raw.decode().split("\n")
+    pings = [line for line in lines if line.startswith(":")]
+    assert len(pings) >= 4 and set(pings) == {": keep-alive"}
+    data = [json.loads(line[6:]) for line in lines if line.startswith("data: ") and line != "data: [DONE]"]
+    assert data and all(isinstance(d, dict) for d in data)
+
+
+async def test_a_busy_stream_needs_no_keep_alive(make_client) -> None:
+    client = make_client(FakeEngine(), sse_keepalive_s=30)
+    async with client.stream("POST", "/v1/chat/completions", json=chat_body(stream=True)) as response:
+        raw = b"".join([chunk async for chunk in response.aiter_bytes()])
+    assert b": keep-alive" not in raw and raw.rstrip().endswith(b"data: [DONE]")

@@ -1,21 +1,46 @@
+"""``/v1/chat/completions``: parse, call the service, shape the response."""
+
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from collections.abc import AsyncIterator
 
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from diptych.engine.errors import EngineError
 from diptych.engine.protocol import EngineClient
 from diptych.server.disconnect import cancel_on_disconnect
 from diptych.server.remote_images import RemoteImageFetcher
 from diptych.server.routes.common import check_model
-from diptych.server.schemas.chat import ChatCompletion, ChatCompletionRequest
+from diptych.server.schemas.chat import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChunkChoice,
+    Delta,
+    ResponseMessage,
+    Usage,
+)
 from diptych.server.schemas.errors import error_responses
-from diptych.server.services.chat import create_chat_completion
+from diptych.server.services import chat
 from diptych.server.shutdown import Drain
+from diptych.server.sse import sse_event, sse_response
 from diptych.settings import Settings
+from diptych.types import ChatFinished, TextDelta
 
 
 def chat_router(engine: EngineClient, settings: Settings, fetcher: RemoteImageFetcher, drain: Drain) -> APIRouter:
     router = APIRouter()
+
+    async def respond(body: ChatCompletionRequest) -> JSONResponse | EventSourceResponse:
+        run = await chat.complete(body, engine, settings, fetcher)
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return sse_response(_chunks(run, body.model, include_usage), keepalive_s=settings.sse_keepalive_s,
+                                on_close=run.stream.aclose)
+        return await _completion(run, body.model)
 
     @router.post(
         "/v1/chat/completions",
@@ -26,8 +51,72 @@ def chat_router(engine: EngineClient, settings: Settings, fetcher: RemoteImageFe
             **error_responses(400, 404, 413, 429, 503, 504),
         },
     )
-    async def chat_completions(body: ChatCompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> JSONResponse | EventSourceResponse:
         check_model(body.model, engine)
-        return await cancel_on_disconnect(request, create_chat_completion(body, engine, settings, fetcher), drain)
+        return await cancel_on_disconnect(request, respond(body), drain)
 
     return router
+
+
+def _usage(finished: ChatFinished) -> Usage:
+    return Usage(
+        prompt_tokens=finished.prompt_tokens,
+        completion_tokens=finished.completion_tokens,
+        total_tokens=finished.prompt_tokens + finished.completion_tokens,
+    )
+
+
+async def _completion(run: chat.ChatRun, model: str) -> JSONResponse:
+    pieces: list[str] = []
+    finished = None
+    try:
+        async for event in run.stream.events():
+            if isinstance(event, TextDelta):
+                pieces.append(event.text)
+            elif isinstance(event, ChatFinished):
+                finished = event
+                break
+    finally:
+        await run.stream.aclose()
+    if finished is None:
+        raise EngineError(f"request {run.request_id} ended without finishing")
+    completion = ChatCompletion(
+        id=run.request_id,
+        created=run.created,
+        model=model,
+        choices=[Choice(index=0, message=ResponseMessage(content="".join(pieces)),
+                        finish_reason=finished.finish_reason)],
+        usage=_usage(finished),
+    )
+    return JSONResponse(completion.model_dump())
+
+
+async def _chunks(run: chat.ChatRun, model: str, include_usage: bool) -> AsyncIterator[ServerSentEvent]:
+    """``chat.completion.chunk`` events: the role, each piece of text, the finish, usage if asked, ``[DONE]``."""
+
+    def chunk(delta: Delta, finish: str | None = None, usage: Usage | None = None,
+              choices: bool = True) -> ServerSentEvent:
+        body = ChatCompletionChunk(
+            id=run.request_id,
+            created=run.created,
+            model=model,
+            choices=[ChunkChoice(index=0, delta=delta, finish_reason=finish)] if choices else [],  # type: ignore[arg-type]
+            usage=usage,
+        )
+        payload = body.model_dump()
+        if usage is None:
+            del payload["usage"]
+        for c in payload["choices"]:
+            c["delta"] = {k: v for k, v in c["delta"].items() if v is not None}
+        return sse_event(payload)
+
+    yield chunk(Delta(role="assistant", content=""))
+    async for event in run.stream.events():
+        if isinstance(event, TextDelta) and event.text:
+            yield chunk(Delta(content=event.text))
+        elif isinstance(event, ChatFinished):
+            yield chunk(Delta(), finish=event.finish_reason)
+            if include_usage:
+                yield chunk(Delta(), usage=_usage(event), choices=False)
+            break
+    yield sse_event("[DONE]")

@@ -1,27 +1,37 @@
+"""``/v1/images/generations`` and ``/v1/images/edits``: parse, call the service, shape the response."""
+
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import ValidationError
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi.responses import JSONResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from diptych.engine.errors import EngineError
 from diptych.engine.protocol import EngineClient
-from diptych.server.errors import APIError
 from diptych.server.disconnect import cancel_on_disconnect
-from diptych.server.media import decode_image
+from diptych.server.media import encode_image
+from diptych.server.multipart import read_edit_upload
 from diptych.server.routes.common import check_model
 from diptych.server.schemas.errors import error_responses
-from diptych.server.schemas.images import ImageEditOptions, ImageGenerationRequest, ImagesResponse
-from diptych.server.services.images import create_images, engine_request
+from diptych.server.schemas.images import (
+    ImageData,
+    ImageEditOptions,
+    ImageGenerationRequest,
+    ImageOptions,
+    ImagesResponse,
+    ImageUsage,
+)
+from diptych.server.services import images
 from diptych.server.shutdown import Drain
+from diptych.server.sse import sse_event, sse_response
 from diptych.settings import Settings
+from diptych.types import ImageEvent, ImagesFinished, PartialImage
 
-_FILE_FIELDS = ("image", "image[]", "mask")
 _IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": ImagesResponse, "description": "The images as base64; with `stream`, partial and completed "
           "image events as server-sent events.", "content": {"text/event-stream": {}}},
@@ -32,47 +42,38 @@ _IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
 def images_router(engine: EngineClient, settings: Settings, drain: Drain) -> APIRouter:
     router = APIRouter()
 
+    async def respond(run: Awaitable[images.ImageRun], options: ImageOptions,
+                      prefix: str) -> JSONResponse | EventSourceResponse:
+        done = await run
+        if options.stream:
+            return sse_response(_events(done, options, prefix), keepalive_s=settings.sse_keepalive_s,
+                                on_close=done.stream.aclose)
+        return await _json(done, options)
+
     @router.post("/v1/images/generations", response_model=None, responses=_IMAGE_RESPONSES)
-    async def generations(body: ImageGenerationRequest, request: Request) -> JSONResponse | StreamingResponse:
+    async def generations(body: ImageGenerationRequest, request: Request) -> JSONResponse | EventSourceResponse:
         check_model(body.model, engine)
-        engine_req = engine_request(body, engine)
         return await cancel_on_disconnect(
-            request, create_images(body, engine_req, engine, event_prefix="image_generation"), drain
+            request, respond(images.generate(body, engine), body, "image_generation"), drain
         )
 
     @router.post(
         "/v1/images/edits",
         response_model=None,
         responses={**_IMAGE_RESPONSES, **error_responses(400, 404, 413, 415, 429, 503, 504)},
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"multipart/form-data": {"schema": _edit_form_schema()}},
-            }
-        },
+        openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": _edit_form_schema()}}}},
     )
-    async def edits(request: Request) -> JSONResponse | StreamingResponse:
-        options, raw_images, raw_mask = await _read_edit_form(request, settings, engine)
-        sources = await asyncio.to_thread(
-            lambda: tuple(decode_image(b, param="image", max_pixels=settings.max_input_pixels) for b in raw_images)
-        )
-        mask = None
-        if raw_mask is not None:
-            # The mask's alpha channel is its meaning (transparent: edit here), so it is kept.
-            mask = await asyncio.to_thread(decode_image, raw_mask, param="mask", max_pixels=settings.max_input_pixels,
-                                           keep_alpha=True)
-            if mask.size != sources[0].size:
-                raise APIError(400, f"mask: size {mask.size[0]}x{mask.size[1]} differs from the image's "
-                               f"{sources[0].size[0]}x{sources[0].size[1]}", param="mask")
-        engine_req = engine_request(options, engine, source_images=sources, mask=mask)
+    async def edits(request: Request) -> JSONResponse | EventSourceResponse:
+        upload = await read_edit_upload(request, settings)
+        check_model(upload.options.model, engine)
         return await cancel_on_disconnect(
-            request, create_images(options, engine_req, engine, event_prefix="image_edit"), drain
+            request, respond(images.edit(upload, engine, settings), upload.options, "image_edit"), drain
         )
 
     return router
 
 
-def _edit_form_schema() -> dict:
+def _edit_form_schema() -> dict[str, Any]:
     schema = ImageEditOptions.model_json_schema()
     schema["properties"]["image"] = {"type": "string", "format": "binary"}
     schema["properties"]["mask"] = {"type": "string", "format": "binary"}
@@ -80,39 +81,60 @@ def _edit_form_schema() -> dict:
     return schema
 
 
-async def _read_edit_form(
-    request: Request, settings: Settings, engine: EngineClient
-) -> tuple[ImageEditOptions, list[bytes], bytes | None]:
-    """The options, image bytes and mask bytes of an edit's multipart body, checked before any decoding."""
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise APIError(415, "images/edits takes multipart/form-data", code="unsupported_media_type")
+def _size(run: images.ImageRun) -> str:
+    return f"{run.request.width}x{run.request.height}"
+
+
+def _usage(finished: ImagesFinished) -> ImageUsage:
+    return ImageUsage(
+        input_tokens=finished.prompt_tokens,
+        output_tokens=0,
+        total_tokens=finished.prompt_tokens,
+        input_tokens_details={"text_tokens": finished.prompt_tokens, "image_tokens": 0},
+    )
+
+
+async def _json(run: images.ImageRun, options: ImageOptions) -> JSONResponse:
     try:
-        form = await request.form(max_files=settings.max_images_per_request + 1, max_fields=64)
-    except StarletteHTTPException as exc:  # Starlette's multipart parser refused the body
-        raise APIError(400, f"malformed multipart body: {exc.detail}", code="invalid_multipart") from exc
-    try:
-        fields = {k: v for k, v in form.multi_items() if k not in _FILE_FIELDS}
-        for key, value in fields.items():
-            if isinstance(value, UploadFile):
-                raise APIError(400, f"{key}: unexpected file field", param=key)
-        try:
-            options = ImageEditOptions.model_validate(fields)
-        except ValidationError as exc:
-            raise RequestValidationError(exc.errors(), body=fields) from exc
-        check_model(options.model, engine)
-        uploads = [v for k, v in form.multi_items() if k in ("image", "image[]")]
-        if not uploads:
-            raise APIError(400, "image: at least one image file is required", param="image")
-        if any(not isinstance(u, UploadFile) for u in uploads):
-            raise APIError(400, "image: must be a file upload", param="image")
-        if len(uploads) > settings.max_images_per_request:
-            raise APIError(400, f"{len(uploads)} images in one request exceed the limit of "
-                           f"{settings.max_images_per_request}", param="image")
-        mask_upload = form.get("mask")
-        if mask_upload is not None and not isinstance(mask_upload, UploadFile):
-            raise APIError(400, "mask: must be a file upload", param="mask")
-        raw_images = [await u.read() for u in uploads]  # type: ignore[union-attr]
-        raw_mask = await mask_upload.read() if mask_upload is not None else None
+        finished = None
+        async for event in run.stream.events():
+            if isinstance(event, ImagesFinished):
+                finished = event
+                break
     finally:
-        await form.close()
-    return options, raw_images, raw_mask
+        await run.stream.aclose()
+    if finished is None:
+        raise EngineError(f"request {run.request.request_id} ended without its images")
+    encoded = await asyncio.to_thread(
+        lambda: [encode_image(img, options.output_format, options.output_compression) for img in finished.images]
+    )
+    response = ImagesResponse(
+        created=int(time.time()),
+        data=[ImageData(b64_json=b64) for b64 in encoded],
+        output_format=options.output_format,
+        size=_size(run),
+        usage=_usage(finished),
+    )
+    return JSONResponse(response.model_dump(exclude_none=True))
+
+
+async def _events(run: images.ImageRun, options: ImageOptions, prefix: str) -> AsyncIterator[ServerSentEvent]:
+    """OpenAI's image stream events: ``{prefix}.partial_image`` per preview, ``{prefix}.completed`` per image."""
+    fmt, compression = options.output_format, options.output_compression
+    common = {"size": _size(run), "quality": "auto", "background": "opaque", "output_format": fmt}
+    event: ImageEvent
+    async for event in run.stream.events():
+        if isinstance(event, PartialImage):
+            b64 = await asyncio.to_thread(encode_image, event.image, fmt, compression)
+            yield sse_event({"type": f"{prefix}.partial_image", "b64_json": b64, "created_at": int(time.time()),
+                             "partial_image_index": event.partial_index, "image_index": event.index,
+                             "progress": {"step": event.step, "total": event.total}, **common},
+                            event=f"{prefix}.partial_image")
+        elif isinstance(event, ImagesFinished):
+            usage = _usage(event).model_dump()
+            for index, image in enumerate(event.images):
+                b64 = await asyncio.to_thread(encode_image, image, fmt, compression)
+                yield sse_event({"type": f"{prefix}.completed", "b64_json": b64, "created_at": int(time.time()),
+                                 "image_index": index, "usage": usage, **common},
+                                event=f"{prefix}.completed")
+            return

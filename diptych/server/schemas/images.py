@@ -41,6 +41,13 @@ class ImageOptions(BaseModel):
     top_k: int | None = Field(default=None, ge=0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
 
+    def dimensions(self, default: tuple[int, int]) -> tuple[int, int]:
+        """``size`` as (width, height); ``auto`` is the model's ``default``. The pattern admits only these."""
+        if self.size == "auto":
+            return default
+        width, height = self.size.lower().split("x")
+        return int(width), int(height)
+
 
 class ImageGenerationRequest(ImageOptions):
     # A JSON body: values must have the type the schema publishes (no false for a number).

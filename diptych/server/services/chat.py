@@ -1,41 +1,25 @@
-"""Chat completions: HTTP schema → engine request, engine events → OpenAI responses."""
+"""Chat completions: a checked request, its images loaded → an engine request → its events.
+
+The route parses the HTTP body and shapes the response (JSON or server-sent events).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
-from fastapi.responses import JSONResponse, StreamingResponse
 from PIL import Image
 
 from diptych.engine.protocol import EngineClient
 from diptych.server.errors import APIError
-from diptych.server.media import decode_image, decode_image_url, is_remote_url
+from diptych.server.media import check_image_count, decode_image, decode_image_url, is_remote_url
 from diptych.server.remote_images import RemoteImageFetcher
-from diptych.server.schemas.chat import (
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatCompletionRequest,
-    Choice,
-    ChunkChoice,
-    Delta,
-    ResponseMessage,
-    TextContent,
-    Usage,
-)
-from diptych.server.sse import sse_data, sse_response
+from diptych.server.schemas.chat import ChatCompletionRequest, TextContent
+from diptych.server.services.streams import EngineStream, open_stream
 from diptych.settings import Settings
-from diptych.types import (
-    ChatFinished,
-    ChatMessage,
-    ChatRequest,
-    ImagePart,
-    SamplingOptions,
-    TextDelta,
-    TextPart,
-)
+from diptych.types import ChatEvent, ChatMessage, ChatRequest, ImagePart, SamplingOptions, TextPart
 
 
 ImageKey = tuple[int, int]  # (message index, content-part index)
@@ -57,9 +41,7 @@ def _image_urls(body: ChatCompletionRequest, settings: Settings) -> dict[ImageKe
                 raise APIError(400, f"messages[{i}]: only user messages may carry images",
                                param=f"messages.{i}.content.{j}")
             urls[(i, j)] = part.image_url.url
-    if len(urls) > settings.max_images_per_request:
-        raise APIError(400, f"{len(urls)} images in one request exceed the limit of "
-                       f"{settings.max_images_per_request}", param="messages")
+    check_image_count(len(urls), settings.max_images_per_request, "messages")
     return urls
 
 
@@ -109,87 +91,20 @@ def _sampling(body: ChatCompletionRequest, settings: Settings) -> SamplingOption
     )
 
 
-async def create_chat_completion(
+@dataclass
+class ChatRun:
+    request_id: str
+    created: int
+    stream: EngineStream[ChatEvent]
+
+
+async def complete(
     body: ChatCompletionRequest, engine: EngineClient, settings: Settings, fetcher: RemoteImageFetcher
-) -> JSONResponse | StreamingResponse:
-    request_id = f"chatcmpl-{uuid.uuid4().hex}"
+) -> ChatRun:
     if body.messages[-1].role == "assistant":
         raise APIError(400, "the last message must not be from the assistant", param="messages")
     sampling = _sampling(body, settings)
     urls = _image_urls(body, settings)
     messages = _to_engine_messages(body, await _load_images(urls, settings, fetcher))
-    request = ChatRequest(request_id=request_id, messages=messages, sampling=sampling)
-    created = int(time.time())
-    events = engine.chat(request)
-    # Pull the first event before answering, so refusals (429, 400, 504) keep their status.
-    try:
-        first = await anext(events)
-    except BaseException:
-        await events.aclose()  # type: ignore[attr-defined]
-        raise
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return sse_response(_stream_chunks(first, events, request_id, created, body.model, include_usage))
-    try:
-        text, finished = await _collect(first, events)
-    finally:
-        await events.aclose()  # type: ignore[attr-defined]
-    completion = ChatCompletion(
-        id=request_id,
-        created=created,
-        model=body.model,
-        choices=[Choice(index=0, message=ResponseMessage(content=text), finish_reason=finished.finish_reason)],
-        usage=_usage(finished),
-    )
-    return JSONResponse(completion.model_dump())
-
-
-def _usage(finished: ChatFinished) -> Usage:
-    return Usage(
-        prompt_tokens=finished.prompt_tokens,
-        completion_tokens=finished.completion_tokens,
-        total_tokens=finished.prompt_tokens + finished.completion_tokens,
-    )
-
-
-async def _collect(first: object, events: AsyncIterator[object]) -> tuple[str, ChatFinished]:
-    pieces: list[str] = []
-    event = first
-    while True:
-        if isinstance(event, TextDelta):
-            pieces.append(event.text)
-        elif isinstance(event, ChatFinished):
-            return "".join(pieces), event
-        event = await anext(events)
-
-
-async def _stream_chunks(
-    first: object, events: AsyncIterator[object], request_id: str, created: int, model: str, include_usage: bool
-) -> AsyncIterator[str]:
-    def chunk(delta: Delta, finish: str | None = None, usage: Usage | None = None, choices: bool = True) -> str:
-        body = ChatCompletionChunk(
-            id=request_id,
-            created=created,
-            model=model,
-            choices=[ChunkChoice(index=0, delta=delta, finish_reason=finish)] if choices else [],  # type: ignore[arg-type]
-            usage=usage,
-        )
-        payload = body.model_dump()
-        if usage is None:
-            del payload["usage"]
-        for c in payload["choices"]:
-            c["delta"] = {k: v for k, v in c["delta"].items() if v is not None}
-        return sse_data(payload)
-
-    yield chunk(Delta(role="assistant", content=""))
-    event = first
-    while True:
-        if isinstance(event, TextDelta) and event.text:
-            yield chunk(Delta(content=event.text))
-        elif isinstance(event, ChatFinished):
-            yield chunk(Delta(), finish=event.finish_reason)
-            if include_usage:
-                yield chunk(Delta(), usage=_usage(event), choices=False)
-            break
-        event = await anext(events)
-    yield sse_data("[DONE]")
+    request = ChatRequest(request_id=f"chatcmpl-{uuid.uuid4().hex}", messages=messages, sampling=sampling)
+    return ChatRun(request.request_id, int(time.time()), await open_stream(engine.chat(request)))
