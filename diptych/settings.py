@@ -97,6 +97,11 @@ class Settings(BaseSettings):
     kv_cache_gib: float = Field(default=1.0, gt=0, description="KV-cache budget for vLLM on CPU.")
     max_model_len: int = Field(default=4096, ge=256, description="vLLM context length: prompt and output tokens.")
     max_num_seqs: int = Field(default=16, ge=1, description="vLLM sequences per step (a guided image is two).")
+    ar_compile: Literal["auto", "eager", "compiled"] = Field(
+        default="auto",
+        description="vLLM's torch.compile: 'compiled' decodes faster but compiles at start; 'eager' starts sooner; "
+        "'auto' is eager for language models under 1 GB on CPU, compiled otherwise.",
+    )
     ar_startup_timeout_s: float = Field(
         default=600.0, gt=0, description="Seconds the vLLM engine and the image decoder worker get to start."
     )

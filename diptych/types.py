@@ -151,3 +151,4 @@ class EngineConfig:
     max_num_seqs: int
     ar_startup_timeout_s: float
     limits: Limits
+    ar_compile: str = "auto"

@@ -137,7 +137,8 @@ def test_flags_added_for_every_setting_reach_the_server(monkeypatch: pytest.Monk
 
 def test_literal_settings_are_choices() -> None:
     choices = {a.dest: a.choices for a in _serve_actions() if a.choices}
-    assert choices == {"device": ["cpu", "cuda"], "log_level": ["debug", "info", "warning", "error"]}
+    assert choices == {"device": ["cpu", "cuda"], "log_level": ["debug", "info", "warning", "error"],
+                       "ar_compile": ["auto", "eager", "compiled"]}
 
 
 @pytest.mark.parametrize(("argv", "named"), [

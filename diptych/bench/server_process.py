@@ -55,10 +55,11 @@ class ServerProcess:
         return self.process.returncode
 
 
-def start_server(model_dir: Path | None, work_dir: Path, *args: str, startup_timeout_s: float = 420) -> ServerProcess:
+def start_server(model_dir: Path | None, work_dir: Path, *args: str, startup_timeout_s: float = 420,
+                 poll_s: float = 1.0) -> ServerProcess:
     """``diptych serve --model model_dir`` (None: the embedded default model) with ``args``.
 
-    Its log and cache go under ``work_dir``.
+    Its log and cache go under ``work_dir``; ``/health`` is asked every ``poll_s`` until it is ok.
     """
     port = free_port()
     log_path = work_dir / f"server-{port}.log"
@@ -82,7 +83,7 @@ def start_server(model_dir: Path | None, work_dir: Path, *args: str, startup_tim
                 return server
         except httpx.HTTPError:
             pass
-        time.sleep(1)
+        time.sleep(poll_s)
     server.stop()
     raise RuntimeError(f"server not healthy after {startup_timeout_s}s:\n{server.log()}")
 

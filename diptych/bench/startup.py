@@ -1,16 +1,17 @@
-"""``diptych bench startup``: the AR engine's first start and decode speed, eager against compiled.
+"""``diptych bench startup``: first start and decode speed, eager against compiled.
 
-In one run, on one checkpoint (the embedded default unless ``--model``), for each mode:
+In one run, on one checkpoint (the embedded default unless ``--model``), for each of
+``--ar-compile eager`` and ``compiled``, with empty caches as on a fresh clone (vLLM's
+``VLLM_CACHE_ROOT``, torch inductor's ``TORCHINDUCTOR_CACHE_DIR``, Diptych's staging):
 
-* **start**: ``AREngine.start()`` from nothing: an empty vLLM cache directory
-  (``VLLM_CACHE_ROOT``) and an empty staging directory, as on a fresh clone. Compiled mode
-  pays vLLM's torch.compile warm-up here; eager mode skips it.
-* **decode**: after one warm-up request, ``--requests`` chats about a picture sent at once,
-  each decoding exactly ``--max-tokens`` tokens (``ignore_eos``); throughput is completion
-  tokens per second of the burst.
+* **healthy**: seconds from launching ``diptych serve`` to ``/health`` answering ok;
+* **engine start**: ``AREngine.start()`` alone;
+* **decode**: after one warm-up request, ``--requests`` chats about a picture sent at once to
+  the engine, each decoding exactly ``--max-tokens`` tokens (``ignore_eos``); throughput is
+  completion tokens per second of the burst.
 
-Then the same for a second start of compiled mode on the cache the first one filled (what a
-restart on the same host pays). Prints a table, or with ``--json`` one JSON object.
+Then compiled mode's engine start again on the caches its first start filled (what a restart
+on the same host pays). Prints a table, or with ``--json`` one JSON object.
 """
 
 from __future__ import annotations
@@ -25,12 +26,15 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from diptych.bench.load.inputs import builtin_images
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,36 +51,57 @@ def run(args: argparse.Namespace) -> int:
     model_dir = args.model or default_checkpoint()
     with tempfile.TemporaryDirectory(prefix="diptych-bench-startup-") as tmp:
         work = Path(tmp)
-        runs = [
-            _measure(model_dir, work / "eager", work / "eager-cache", eager=True, args=args),
-            _measure(model_dir, work / "compiled", work / "compiled-cache", eager=False, args=args),
-            _measure(model_dir, work / "compiled-again", work / "compiled-cache", eager=False, args=args),
-        ]
-    runs[2]["mode"] = "compiled, warm cache"
+        runs = []
+        for mode in ("eager", "compiled"):
+            healthy_s = _with_caches(work / f"{mode}-server", lambda: _time_to_healthy(model_dir, work, mode))
+            run = _with_caches(work / mode, lambda: asyncio.run(
+                _start_and_decode(model_dir, work / f"{mode}-engine", eager=mode == "eager", args=args)))
+            runs.append({"mode": mode, "healthy_s": healthy_s, **run})
+        # The same staging path as the first compiled start: vLLM's compile cache is keyed by it.
+        again = _with_caches(work / "compiled", lambda: asyncio.run(
+            _start_and_decode(model_dir, work / "compiled-engine", eager=False, args=args)))
+        runs.append({"mode": "compiled, warm cache", "healthy_s": None, **again})
     report = {"model": str(model_dir), "requests": args.requests, "max_tokens": args.max_tokens, "runs": runs,
               "decode_ratio_compiled_over_eager": runs[1]["tokens_per_s"] / runs[0]["tokens_per_s"]}
     if args.json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:
-        sys.stdout.write(f"{'mode':<22} {'start s':>8} {'tokens/s':>9}\n")
+        sys.stdout.write(f"{'mode':<22} {'healthy s':>9} {'engine s':>8} {'tokens/s':>9}\n")
         for r in runs:
-            sys.stdout.write(f"{r['mode']:<22} {r['start_s']:>8.1f} {r['tokens_per_s']:>9.1f}\n")
+            healthy = "-" if r["healthy_s"] is None else f"{r['healthy_s']:.1f}"
+            sys.stdout.write(f"{r['mode']:<22} {healthy:>9} {r['start_s']:>8.1f} {r['tokens_per_s']:>9.1f}\n")
         sys.stdout.write(f"decode, compiled / eager: {report['decode_ratio_compiled_over_eager']:.2f}x\n")
     return 0
 
 
-def _measure(model_dir: Path, cache_dir: Path, vllm_cache: Path, *, eager: bool,
-             args: argparse.Namespace) -> dict[str, Any]:
-    # vLLM reads its cache root from the environment, in this process and the ones it starts.
-    previous = os.environ.get("VLLM_CACHE_ROOT")
-    os.environ["VLLM_CACHE_ROOT"] = str(vllm_cache)
+_CACHE_VARIABLES = ("VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR")
+
+
+def _with_caches(root: Path, measure: Callable[[], T]) -> T:
+    """``measure()`` with vLLM's and inductor's caches under ``root`` (read from the environment,
+    in this process and in the ones it starts)."""
+    previous = {name: os.environ.get(name) for name in _CACHE_VARIABLES}
+    os.environ.update({name: str(root / name.lower()) for name in _CACHE_VARIABLES})
     try:
-        return asyncio.run(_start_and_decode(model_dir, cache_dir, eager=eager, args=args))
+        return measure()
     finally:
-        if previous is None:
-            os.environ.pop("VLLM_CACHE_ROOT", None)
-        else:
-            os.environ["VLLM_CACHE_ROOT"] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _time_to_healthy(model_dir: Path, work: Path, mode: str) -> float:
+    from diptych.bench.server_process import start_server
+
+    server_dir = work / f"{mode}-serve"
+    server_dir.mkdir()
+    started = time.perf_counter()
+    server = start_server(model_dir, server_dir, "--ar-compile", mode, poll_s=0.25)
+    healthy_s = time.perf_counter() - started
+    server.stop()
+    return healthy_s
 
 
 async def _start_and_decode(model_dir: Path, cache_dir: Path, *, eager: bool,
@@ -116,5 +141,4 @@ async def _start_and_decode(model_dir: Path, cache_dir: Path, *, eager: bool,
         burst_s = time.perf_counter() - started
     finally:
         await engine.shutdown()
-    return {"mode": "eager" if eager else "compiled", "start_s": start_s, "burst_s": burst_s,
-            "completion_tokens": tokens, "tokens_per_s": tokens / burst_s}
+    return {"start_s": start_s, "burst_s": burst_s, "completion_tokens": tokens, "tokens_per_s": tokens / burst_s}

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from diptych.engine.admission import AdmissionGate
@@ -203,6 +204,19 @@ class Orchestrator:
             raise InvalidRequestError(f"model {self._card.name} does not support masks", param="mask")
 
 
+# Below this many bytes of weights, a language model on CPU starts eagerly under "auto": its
+# compile would cost more start-up than its faster decoding saves (docs/benchmarks.md).
+EAGER_BELOW_BYTES = 1 << 30
+
+
+def runs_eagerly(config: EngineConfig, ar_dir: Path) -> bool:
+    """Whether vLLM skips torch.compile for the AR model in ``ar_dir`` (setting ``ar_compile``)."""
+    if config.ar_compile != "auto":
+        return config.ar_compile == "eager"
+    weights = sum(path.stat().st_size for path in ar_dir.rglob("*.safetensors"))
+    return config.device == "cpu" and weights < EAGER_BELOW_BYTES
+
+
 def build_orchestrator(config: EngineConfig, adapter: FamilyAdapter, *, log_level: str = "INFO") -> Orchestrator:
     """The orchestrator with the engines the adapter's capabilities call for."""
     from diptych.engine.ar_engine import AREngine
@@ -214,7 +228,8 @@ def build_orchestrator(config: EngineConfig, adapter: FamilyAdapter, *, log_leve
         if ar_dir is None:
             raise ValueError(f"{adapter.family} declares understanding but has no AR model")
         stage = ar_image_stage_of(adapter)
-        ar = AREngine(ar_dir, config, options=stage.engine_options(config.max_model_len) if stage is not None else None)
+        ar = AREngine(ar_dir, config, enforce_eager=runs_eagerly(config, ar_dir),
+                      options=stage.engine_options(config.max_model_len) if stage is not None else None)
     flow = FlowClient(config, log_level=log_level) if capabilities.generate or capabilities.edit else None
     return Orchestrator(config, adapter, ar=ar, flow=flow)
 

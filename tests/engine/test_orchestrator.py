@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from diptych.engine.errors import CapabilityError, DeadlineExceededError, InvalidRequestError, QueueFullError
-from diptych.engine.orchestrator import Orchestrator
+from diptych.engine.orchestrator import EAGER_BELOW_BYTES, Orchestrator, runs_eagerly
 from diptych.models.base import Capabilities
 from diptych.types import (
     ChatMessage,
@@ -170,3 +170,24 @@ def test_health_reports_a_component_being_replaced(ar_state: str, flow_state: st
     engine = Orchestrator(config(), StubAdapter(False), ar=StubAR(), flow=flow)  # type: ignore[arg-type]
     health = engine.health()
     assert health.state == expected and health.components == {"ar": ar_state, "flow": flow_state}
+
+
+@pytest.mark.parametrize(("setting", "device", "weights", "eager"), [
+    ("auto", "cpu", EAGER_BELOW_BYTES - 1, True),
+    ("auto", "cpu", EAGER_BELOW_BYTES, False),
+    ("auto", "cuda", 1, False),
+    ("eager", "cuda", EAGER_BELOW_BYTES * 8, True),
+    ("compiled", "cpu", 1, False),
+])
+def test_ar_compile_setting_chooses_eager_by_device_and_weights(
+    tmp_path: Path, setting: str, device: str, weights: int, eager: bool
+) -> None:
+    # Sparse files: their size is what counts, none of it is written.
+    with (tmp_path / "model-00001.safetensors").open("wb") as shard:
+        shard.truncate(weights // 2)
+    (tmp_path / "vision").mkdir()
+    with (tmp_path / "vision" / "model.safetensors").open("wb") as shard:
+        shard.truncate(weights - weights // 2)
+    (tmp_path / "tokenizer.json").write_bytes(b"x" * 100)  # not weights
+    values = {**config().__dict__, "device": device, "ar_compile": setting}
+    assert runs_eagerly(EngineConfig(**values), tmp_path) is eager
