@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Address to listen on.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port to listen on.")
     device: Literal["cpu", "cuda"] = Field(default="cpu", description="Where the models run.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto",
+        description="Weights and activations of both engines. 'auto': the checkpoint's own dtype on CUDA, "
+        "float32 on CPU.",
+    )
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
         default=(),
         description="Bearer keys (comma-separated in the environment); when any is set every route but /health "

@@ -145,6 +145,7 @@ class EngineConfig:
     model_dir: Path
     served_name: str
     device: str
+    dtype: str  # a setting ("auto" too) until build_orchestrator resolves it for the checkpoint
     cache_dir: Path
     kv_cache_gib: float
     max_model_len: int

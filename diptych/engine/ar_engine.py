@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from diptych.engine.ar_stats import SchedulerLoad, scheduler_load_logger
 from diptych.engine.children import sigint_blocked
+from diptych.engine.devices import resolve_dtype
 from diptych.engine.errors import EngineError, EngineUnavailableError, InvalidRequestError, QueueFullError
 from diptych.engine.protocol import HealthState
 from diptych.models.base import ChatPrompt
@@ -147,8 +148,9 @@ class AREngine:
 
         args = AsyncEngineArgs(
             model=str(self._model_path),
-            # The checkpoint's own dtype: on CPU "auto" would downcast float32 to bfloat16.
-            dtype=_checkpoint_dtype(self._model_path),
+            # Resolved here too (the orchestrator already has, for its card): vLLM's own "auto"
+            # would downcast float32 to bfloat16 on CPU.
+            dtype=resolve_dtype(self._config.dtype, self._config.device, _checkpoint_dtype(self._model_path)),
             enforce_eager=self._enforce_eager,
             served_model_name=self._config.served_name,
             max_model_len=self._config.max_model_len,
@@ -388,10 +390,10 @@ def _map_error(exc: Exception) -> Exception:
     return exc
 
 
-def _checkpoint_dtype(model_path: Path) -> str:
+def _checkpoint_dtype(model_path: Path) -> str | None:
     config = json.loads((model_path / "config.json").read_text())
     dtype = config.get("dtype") or config.get("torch_dtype") or config.get("text_config", {}).get("dtype")
-    return str(dtype) if dtype else "auto"
+    return str(dtype) if dtype else None
 
 
 def _allow_plugin() -> None:

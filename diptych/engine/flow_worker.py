@@ -20,15 +20,17 @@ logger = logging.getLogger(__name__)
 PROCESS_NAME = "diptych-flow"
 
 
-def worker_main(model_dir: str, device: str, inbox: Any, outbox: Any, log_level: str = "INFO") -> None:
+def worker_main(model_dir: str, device: str, dtype: str, inbox: Any, outbox: Any, log_level: str = "INFO") -> None:
     """``inbox``: a multiprocessing queue of :data:`Inbound`; ``outbox``: the write end of a pipe."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s flow-worker %(levelname)s %(message)s")
     _name_process(PROCESS_NAME)
     _exit_with_parent()
     try:
+        from diptych.engine.devices import resolve_dtype
         from diptych.models.registry import load_adapter
 
-        runner = load_adapter(Path(model_dir)).build_flow_runner(device)
+        adapter = load_adapter(Path(model_dir))
+        runner = adapter.build_flow_runner(device, resolve_dtype(dtype, device, adapter.checkpoint_dtype()))
     except Exception as exc:
         logger.exception("flow worker failed to load %s", model_dir)
         outbox.send(Fatal(f"{type(exc).__name__}: {exc}"))

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from diptych.engine.admission import AdmissionGate
+from diptych.engine.devices import resolve_dtype
 from diptych.engine.ar_images import generate_codes
 from diptych.engine.errors import (
     CapabilityError,
@@ -39,6 +40,7 @@ class Orchestrator:
     def __init__(
         self, config: EngineConfig, adapter: FamilyAdapter, *, ar: AREngine | None, flow: FlowClient | None
     ) -> None:
+        config = with_resolved_dtype(config, adapter)
         self._config = config
         self._adapter = adapter
         capabilities = adapter.capabilities()
@@ -48,6 +50,7 @@ class Orchestrator:
             architecture=type(adapter).__name__,
             capabilities=capabilities,
             max_model_len=config.max_model_len,
+            dtype=config.dtype,
         )
         self._ar = ar
         self._flow = flow
@@ -209,6 +212,11 @@ class Orchestrator:
 EAGER_BELOW_BYTES = 1 << 30
 
 
+def with_resolved_dtype(config: EngineConfig, adapter: FamilyAdapter) -> EngineConfig:
+    """``config`` with its dtype setting ("auto" too) made the concrete dtype both engines serve in."""
+    return dataclasses.replace(config, dtype=resolve_dtype(config.dtype, config.device, adapter.checkpoint_dtype()))
+
+
 def runs_eagerly(config: EngineConfig, ar_dir: Path) -> bool:
     """Whether vLLM skips torch.compile for the AR model in ``ar_dir`` (setting ``ar_compile``)."""
     if config.ar_compile != "auto":
@@ -221,6 +229,7 @@ def build_orchestrator(config: EngineConfig, adapter: FamilyAdapter, *, log_leve
     """The orchestrator with the engines the adapter's capabilities call for."""
     from diptych.engine.ar_engine import AREngine
 
+    config = with_resolved_dtype(config, adapter)
     capabilities = adapter.capabilities()
     ar = None
     if capabilities.understand:

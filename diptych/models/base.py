@@ -38,6 +38,7 @@ class ModelCard:
     architecture: str
     capabilities: Capabilities
     max_model_len: int
+    dtype: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,10 @@ class FamilyAdapter(Protocol):
 
     def capabilities(self) -> Capabilities: ...
 
+    def checkpoint_dtype(self) -> str | None:
+        """The dtype the checkpoint declares for its weights (what ``--dtype auto`` serves on CUDA)."""
+        ...
+
     def prepare_ar_model(self, staging_root: Path) -> Path | None:
         """A directory vLLM can load for understanding, or None if the family has no AR stage."""
         ...
@@ -166,7 +171,7 @@ class FamilyAdapter(Protocol):
         """Tokens the model sees: text, and each image at its expanded size."""
         ...
 
-    def build_flow_runner(self, device: str) -> FlowRunner[Any]:
+    def build_flow_runner(self, device: str, dtype: str) -> FlowRunner[Any]:
         """Load the generation stages; called inside the flow worker process."""
         ...
 

@@ -30,6 +30,7 @@ def resolve_model_dir(settings: Settings) -> Path:
 def serve(overrides: dict[str, Any]) -> int:
     settings = Settings(**overrides)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from diptych.engine.devices import DeviceError, check_device, resolve_dtype
     from diptych.engine.orchestrator import build_orchestrator
     from diptych.models.registry import load_adapter
     from diptych.server.app import create_app
@@ -37,6 +38,10 @@ def serve(overrides: dict[str, Any]) -> int:
     model_dir = resolve_model_dir(settings)
     served_name = settings.served_model_name or model_dir.name
     adapter = load_adapter(model_dir)
+    try:
+        check_device(settings.device, resolve_dtype(settings.dtype, settings.device, adapter.checkpoint_dtype()))
+    except DeviceError as exc:
+        raise SystemExit(f"diptych serve: {exc}") from None
     engine = build_orchestrator(settings.engine_config(model_dir, served_name), adapter, log_level=settings.log_level)
     drain = Drain()
     app = create_app(engine, settings, drain=drain)

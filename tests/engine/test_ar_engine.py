@@ -56,6 +56,7 @@ def _config(model_dir: Path) -> EngineConfig:
         model_dir=model_dir,
         served_name="tiny",
         device="cpu",
+        dtype="auto",
         cache_dir=model_dir,
         kv_cache_gib=0.125,
         max_model_len=MAX_MODEL_LEN,

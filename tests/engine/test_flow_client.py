@@ -30,7 +30,7 @@ def checkpoint(tiny_checkpoint: TinyCheckpoint) -> Path:
 async def client(checkpoint: Path) -> AsyncIterator[FlowClient]:
     limits = Limits(max_image_side=256, max_n=2, max_steps=1000, max_prompt_tokens=256, max_output_tokens=16,
                     max_images_per_request=1, queue_depth=8, request_timeout_s=120.0)
-    config = EngineConfig(model_dir=checkpoint, served_name="tiny", device="cpu", cache_dir=checkpoint,
+    config = EngineConfig(model_dir=checkpoint, served_name="tiny", device="cpu", dtype="auto", cache_dir=checkpoint,
                           kv_cache_gib=0.1, max_model_len=256, max_num_seqs=1, ar_startup_timeout_s=300.0,
                           limits=limits)
     flow = FlowClient(config, log_level="WARNING")

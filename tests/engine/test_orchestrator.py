@@ -33,6 +33,9 @@ class StubAdapter:
     def count_prompt_tokens(self, text: str) -> int:
         return len(text.split())
 
+    def checkpoint_dtype(self) -> str | None:
+        return "bfloat16"
+
     def capabilities(self) -> Capabilities:
         return Capabilities(understand=False, generate=True, edit=self.edit, min_side=32, max_side=512,
                             size_multiple=16)
@@ -66,7 +69,7 @@ def config(**limits: object) -> EngineConfig:
     values = dict(max_image_side=256, max_n=2, max_steps=10, max_prompt_tokens=64, max_output_tokens=32,
                   max_images_per_request=1, queue_depth=2, request_timeout_s=5.0)
     values.update(limits)
-    return EngineConfig(model_dir=Path("."), served_name="stub", device="cpu", cache_dir=Path("."),
+    return EngineConfig(model_dir=Path("."), served_name="stub", device="cpu", dtype="auto", cache_dir=Path("."),
                         kv_cache_gib=1, max_model_len=512, max_num_seqs=4, ar_startup_timeout_s=1,
                         limits=Limits(**values))  # type: ignore[arg-type]
 

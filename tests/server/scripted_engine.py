@@ -47,6 +47,9 @@ class ScriptedAdapter:
     def capabilities(self) -> Capabilities:
         return self._capabilities
 
+    def checkpoint_dtype(self) -> str | None:
+        return None
+
     def render_chat(self, messages: tuple[ChatMessage, ...]) -> ChatPrompt:
         text = " ".join(p.text for m in messages for p in m.content if isinstance(p, TextPart))
         images = tuple(p.image for m in messages for p in m.content if isinstance(p, ImagePart))

@@ -318,3 +318,8 @@ async def test_a_busy_stream_needs_no_keep_alive(make_client) -> None:
     async with client.stream("POST", "/v1/chat/completions", json=chat_body(stream=True)) as response:
         raw = b"".join([chunk async for chunk in response.aiter_bytes()])
     assert b": keep-alive" not in raw and raw.rstrip().endswith(b"data: [DONE]")
+
+
+async def test_models_report_the_serving_dtype(make_client) -> None:
+    body = (await make_client().get("/v1/models")).json()
+    assert body["data"][0]["dtype"] == "float32"

@@ -89,7 +89,11 @@ class JanusProAdapter:
         )
         return JanusImageStage(tokenizer, spec)
 
-    def build_flow_runner(self, device: str) -> FlowRunner[Any]:
+    def checkpoint_dtype(self) -> str | None:
+        config = json.loads((self.model_dir / "config.json").read_text())
+        return config.get("dtype") or config.get("torch_dtype") or config.get("text_config", {}).get("dtype")
+
+    def build_flow_runner(self, device: str, dtype: str) -> FlowRunner[Any]:
         from diptych.models.janus_pro.decode import JanusDecodeRunner
 
-        return JanusDecodeRunner(self.model_dir, device)
+        return JanusDecodeRunner(self.model_dir, device, dtype)

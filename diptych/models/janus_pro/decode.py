@@ -36,7 +36,7 @@ class JanusDecodeState:
 class JanusDecodeRunner:
     """A :class:`~diptych.models.base.FlowRunner` whose only real stage is the VQ decode."""
 
-    def __init__(self, model_dir: Path, device: str) -> None:
+    def __init__(self, model_dir: Path, device: str, dtype: str = "float32") -> None:
         from safetensors.torch import load_file
         from transformers import AutoImageProcessor, JanusConfig
         from transformers.models.janus.modeling_janus import JanusVQVAE
@@ -51,11 +51,9 @@ class JanusDecodeRunner:
         for file in sorted(model_dir.glob("*.safetensors")):
             state.update({k[len(_VQ_PREFIX) :]: v for k, v in load_file(file).items() if k.startswith(_VQ_PREFIX)})
         vq.load_state_dict(state, assign=True, strict=True)
-        self.vq = vq.to(self.device).eval()
+        # The serving dtype, as transformers runs the whole model in one.
+        self.vq = vq.to(self.device, getattr(torch, dtype)).eval()
         self.image_processor = AutoImageProcessor.from_pretrained(model_dir)
-        dtype = json.loads((model_dir / "config.json").read_text()).get("dtype")
-        if dtype in ("bfloat16", "float16"):
-            self.vq = self.vq.to(getattr(torch, dtype))
 
     def check(self, request: ImageRequest) -> FlowCost:
         if len(request.image_codes) != request.n:

@@ -98,10 +98,18 @@ class QwenImageAdapter:
 
         return count_tokens(self._processor, prompt)
 
-    def build_flow_runner(self, device: str) -> FlowRunner[Any]:
+    def checkpoint_dtype(self) -> str | None:
+        # diffusers' component configs carry no dtype; the text encoder's transformers config does,
+        # and public checkpoints store every component in it.
+        config = json.loads((self.model_dir / "text_encoder" / "config.json").read_text())
+        return config.get("dtype") or config.get("torch_dtype")
+
+    def build_flow_runner(self, device: str, dtype: str) -> FlowRunner[Any]:
+        import torch
+
         from diptych.models.qwen_image.flow import QwenImageFlowRunner
 
-        return QwenImageFlowRunner(self.model_dir, device, source_area=self.source_area)
+        return QwenImageFlowRunner(self.model_dir, device, dtype=getattr(torch, dtype), source_area=self.source_area)
 
 
 def _declared_guidance(index: dict[str, Any], model_dir: Path) -> float:

@@ -24,6 +24,7 @@ def models_router(engine: EngineClient, settings: Settings) -> APIRouter:
             created=created,
             family=card.family,
             architecture=card.architecture,
+            dtype=card.dtype,  # type: ignore[arg-type]
             capabilities=ModelCapabilities(
                 tasks=list(caps.names()),
                 min_image_side=caps.min_side,

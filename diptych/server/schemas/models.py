@@ -30,6 +30,7 @@ class ModelInfo(BaseModel):
     owned_by: str = "diptych"
     family: str
     architecture: str
+    dtype: Literal["float32", "bfloat16", "float16"]
     capabilities: ModelCapabilities
 
 

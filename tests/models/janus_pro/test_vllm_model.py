@@ -45,7 +45,7 @@ def _config(model_dir: Path) -> EngineConfig:
         max_images_per_request=2, queue_depth=32, request_timeout_s=120.0,
     )
     return EngineConfig(
-        model_dir=model_dir, served_name="tiny-janus", device="cpu", cache_dir=model_dir, kv_cache_gib=0.0625,
+        model_dir=model_dir, served_name="tiny-janus", device="cpu", dtype="auto", cache_dir=model_dir, kv_cache_gib=0.0625,
         max_model_len=MAX_MODEL_LEN, max_num_seqs=32, ar_startup_timeout_s=900.0, limits=limits,
     )
 
