@@ -24,6 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from diptych.compat.vllm_internals import (
+    build_async_llm,
+    fail_open_requests,
+    render_prompt,
+    require_supported_vllm,
+    stop_output_handler,
+    vllm_error_kind,
+)
 from diptych.engine.ar_stats import SchedulerLoad, scheduler_load_logger
 from diptych.engine.children import sigint_blocked
 from diptych.engine.devices import resolve_dtype
@@ -34,7 +42,8 @@ from diptych.types import ChatFinished, EngineConfig, SamplingOptions, TextDelta
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
-    from vllm.v1.engine.async_llm import AsyncLLM
+
+    from diptych.compat.vllm_internals import AsyncLLM
 
 logger = logging.getLogger(__name__)
 
@@ -141,12 +150,10 @@ class AREngine:
     def _build(self) -> list[AsyncLLM]:
         from diptych.compat import install
 
+        require_supported_vllm()  # before anything else: a clear error, not one from deep inside vLLM
         install()  # this process; vLLM's own processes get it through the plugin entry point
         _allow_plugin()
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
-
-        args = AsyncEngineArgs(
+        engine_args = dict(
             model=str(self._model_path),
             # Resolved here too (the orchestrator already has, for its card): vLLM's own "auto"
             # would downcast float32 to bfloat16 on CPU.
@@ -167,7 +174,7 @@ class AREngine:
         )
         # Its engine core (forked or spawned now) inherits the block: Ctrl+C is the gateway's.
         with sigint_blocked():
-            return [AsyncLLM.from_engine_args(args, stat_loggers=[scheduler_load_logger(self._load)])]
+            return [build_async_llm(engine_args, stat_loggers=[scheduler_load_logger(self._load)])]
 
     async def shutdown(self) -> None:
         """Stop the engine core process and release the KV cache."""
@@ -311,16 +318,11 @@ class AREngine:
 
 async def _close(llm: AsyncLLM) -> None:
     """Stop an ``AsyncLLM`` (alive or with a dead core) and fail the streams it still has open."""
-    from vllm.v1.engine.exceptions import EngineDeadError
-
     # Stop reading outputs first: otherwise the reader sees the core exit and logs it as a crash.
-    handler = llm.output_handler
-    if handler is not None:
-        handler.cancel()
-        await asyncio.gather(handler, return_exceptions=True)
+    await stop_output_handler(llm)
     # Streams still open would wait forever for outputs nobody reads now: fail them
     # (they surface as EngineUnavailableError), as vLLM does when its core dies.
-    llm.output_processor.propagate_error(EngineDeadError())
+    fail_open_requests(llm)
     await asyncio.to_thread(llm.shutdown)
 
 
@@ -330,19 +332,16 @@ async def _render(llm: AsyncLLM, prompt: ChatPrompt, *, token_ids: list[int] | N
     vLLM's renderer does this off the event loop; passing raw prompts to ``generate``
     would do the same but is deprecated.
     """
-    from vllm.renderers.inputs.preprocess import parse_model_prompt
-
     inputs: dict[str, Any] = {"prompt": prompt.text} if token_ids is None else {"prompt_token_ids": token_ids}
     if prompt.images:
         inputs["multi_modal_data"] = {"image": list(prompt.images)}
     try:
-        (engine_input,) = await llm.renderer.render_cmpl_async([parse_model_prompt(llm.model_config, inputs)])
+        return await render_prompt(llm, inputs)
     except Exception as exc:
         mapped = _map_error(exc)
         if mapped is exc:
             raise
         raise mapped from exc
-    return engine_input
 
 
 def _sampling_params(sampling: SamplingOptions) -> SamplingParams:
@@ -371,17 +370,15 @@ def _finish_reason(reason: str | None, request_id: str) -> Literal["stop", "leng
 
 def _map_error(exc: Exception) -> Exception:
     """vLLM's exceptions → Diptych's typed errors; anything else is returned unchanged."""
-    from vllm.exceptions import GracefulHTTPError, VLLMClientError
-    from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
-
-    if isinstance(exc, EngineDeadError):
+    kind = vllm_error_kind(exc)
+    if kind == "engine_dead":
         return EngineUnavailableError("AR engine core died", code="engine_dead")
-    if isinstance(exc, GracefulHTTPError):
+    if kind == "queue_full":
         return QueueFullError(f"AR engine is full: {exc}")
-    if isinstance(exc, (VLLMClientError, ValueError, TypeError)):
+    if kind == "client" or isinstance(exc, (ValueError, TypeError)):
         # What the renderer rejects: a prompt over max_model_len, an unreadable image.
         return InvalidRequestError(str(exc))
-    if isinstance(exc, EngineGenerateError):
+    if kind == "generate_failed":
         cause = exc.__cause__
         # vLLM wraps what input processing rejects (too long, bad image) in EngineGenerateError.
         if isinstance(cause, (ValueError, TypeError)):

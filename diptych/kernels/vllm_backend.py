@@ -8,9 +8,10 @@ once per step (metadata builder) and calls ``diptych.kernels.attention`` in ever
 so prefill, chunked prefill over a cached prefix and decode all go through one path.
 
 KV cache: vLLM allocates each layer's cache as ``[num_blocks, num_kv_heads, block_size,
-2 * head_size]``; this backend stores a token's key in the first ``head_size`` channels
-and its value in the last (its own layout, written and read only here), and each step
-gathers each sequence's keys through its block table. Sliding windows are honoured
+2 * head_size]`` (read through :mod:`diptych.compat.vllm_internals`, like the per-step
+metadata); this backend stores a token's key in the first ``head_size`` channels and its
+value in the last (its own split, written and read only here), and each step gathers each
+sequence's keys through its block table. Sliding windows are honoured
 (the rule transformers applies to prefix-LM models with a window: window AND (causal OR
 same image)) by a masked per-sequence
 path that is used only when a sequence is longer than the window. (vLLM itself drops the
@@ -40,6 +41,14 @@ from vllm.v1.attention.backend import (
 )
 from vllm.v1.kv_cache_interface import AttentionSpec, KVCacheLayout
 
+from diptych.compat.vllm_internals import (
+    kv_cache_block_size,
+    kv_cache_channels,
+    paged_kv_layouts,
+    read_kv_slots,
+    read_step_metadata,
+    write_kv_slots,
+)
 from diptych.kernels.dispatch import attention
 from diptych.kernels.layout import MaskLayout, SequenceSpec
 
@@ -88,7 +97,7 @@ class MixedMaskAttentionBackend(AttentionBackend):
     @classmethod
     def supported_kv_cache_layouts(cls) -> tuple[KVCacheLayout, ...]:
         # Per layer [blocks, heads, block_size, 2 * head_size]: the shape indexing below assumes.
-        return (KVCacheLayout.LBHNC,)
+        return paged_kv_layouts()
 
     @classmethod
     def supports_mm_prefix(cls) -> bool:
@@ -110,26 +119,23 @@ class MixedMaskMetadataBuilder(AttentionMetadataBuilder[MixedMaskMetadata]):
     def build(
         self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata, fast_build: bool = False
     ) -> MixedMaskMetadata:
-        meta = common_attn_metadata
-        if isinstance(meta.causal, torch.Tensor) or not meta.causal:
+        step = read_step_metadata(common_attn_metadata)
+        if not step.causal:
             raise NotImplementedError(f"{BACKEND_NAME} serves causal decoder attention (with image blocks) only")
-        num_reqs = meta.num_reqs
-        q_bounds = meta.query_start_loc_cpu[: num_reqs + 1].tolist()
-        seq_lens = meta.seq_lens[:num_reqs].cpu().tolist()
-        ranges = meta.mm_req_doc_ranges or {}
+        q_bounds, seq_lens = step.query_bounds, step.seq_lens
         specs = [
             SequenceSpec(
                 kv_len=seq_lens[i],
                 q_len=q_bounds[i + 1] - q_bounds[i],
-                image_spans=image_spans(ranges.get(i, ()), seq_lens[i]),
+                image_spans=image_spans(step.image_ranges.get(i, ()), seq_lens[i]),
             )
-            for i in range(num_reqs)
+            for i in range(step.num_reqs)
         ]
-        layout = MaskLayout.build(specs, num_q_rows=meta.num_actual_tokens, device=meta.query_start_loc.device)
-        key_blocks, key_offsets = key_locations(meta.block_table_tensor[:num_reqs], seq_lens, self.block_size)
+        layout = MaskLayout.build(specs, num_q_rows=step.num_actual_tokens, device=step.device)
+        key_blocks, key_offsets = key_locations(step.block_table, seq_lens, self.block_size)
         return MixedMaskMetadata(
             layout=layout,
-            num_actual_tokens=meta.num_actual_tokens,
+            num_actual_tokens=step.num_actual_tokens,
             key_blocks=key_blocks,
             key_offsets=key_offsets,
             block_size=self.block_size,
@@ -177,19 +183,18 @@ def write_kv(kv_cache: torch.Tensor, key: torch.Tensor, value: torch.Tensor, slo
 
     Slots < 0 mark padding tokens, which are not stored.
     """
-    block_size = kv_cache.shape[2]
+    block_size = kv_cache_block_size(kv_cache)
     slots = slot_mapping[: key.shape[0]].long()
     keep = slots >= 0
     if not bool(keep.all()):
         slots, key, value = slots[keep], key[keep], value[keep]
-    # [blocks, heads, block_size, 2D] indexed by (block, :, offset) gives [tokens, heads, 2D].
-    kv_cache[slots // block_size, :, slots % block_size] = torch.cat((key, value), dim=-1).to(kv_cache.dtype)
+    write_kv_slots(kv_cache, slots // block_size, slots % block_size, torch.cat((key, value), dim=-1))
 
 
 def gather_kv(kv_cache: torch.Tensor, blocks: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys and values ``[total_k, heads, head_size]`` at the given cache locations."""
-    rows = kv_cache[blocks, :, offsets]
-    head_size = kv_cache.shape[-1] // 2
+    rows = read_kv_slots(kv_cache, blocks, offsets)
+    head_size = kv_cache_channels(kv_cache) // 2
     return rows[..., :head_size], rows[..., head_size:]
 
 
@@ -299,7 +304,8 @@ class MixedMaskAttentionImpl(AttentionImpl[MixedMaskMetadata]):
             raise NotImplementedError(f"{BACKEND_NAME} does not fuse output quantisation")
         if attn_metadata is None:  # vLLM's warm-up and profiling runs
             return output
-        if kv_cache.shape[2] != attn_metadata.block_size or kv_cache.shape[-1] != 2 * self.head_size:
+        block_size, channels = kv_cache_block_size(kv_cache), kv_cache_channels(kv_cache)
+        if block_size != attn_metadata.block_size or channels != 2 * self.head_size:
             raise RuntimeError(
                 f"KV cache of shape {tuple(kv_cache.shape)} does not match block size "
                 f"{attn_metadata.block_size} and head size {self.head_size}"

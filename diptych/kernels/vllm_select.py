@@ -11,11 +11,26 @@ That name is resolved here, per engine, while vLLM builds the model (its config 
 then): Diptych's backend when the engine asked for ``CUSTOM``, vLLM's own CPU backend
 class otherwise. So engines that do not ask (a plain causal VLM, vLLM used directly) get
 exactly vLLM's class, not a wrapper.
+
+The vLLM internals this relies on (the CPU platform's resolution, the current config, the
+attention config's fields) are reached through :mod:`diptych.compat.vllm_internals`.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+from diptych.compat.vllm_internals import (
+    UnsupportedVllmError,
+    current_vllm_config,
+    register_attention_backend_path,
+    requested_attention_backends,
+    require_supported_vllm,
+    vllm_cpu_attention_backend,
+)
+
+logger = logging.getLogger(__name__)
 
 SELECTED_NAME = "CPUAttentionBackend"
 BACKEND_PATH = "diptych.kernels.vllm_backend.MixedMaskAttentionBackend"
@@ -25,35 +40,30 @@ def register_attention_backend() -> None:
     """Register the backend as CUSTOM and as the CPU platform's resolver (idempotent, imports no torch code).
 
     An existing override of either name (another plugin's, or the user's) is left alone.
+    With a vLLM of another series nothing is registered, only a warning logged: this runs
+    in every vLLM process of the environment (the plugin entry point), also where vLLM is
+    used without Diptych, and the CPU_ATTN override would then route stock engines through
+    internals that may have changed. Diptych's own engine refuses to start in that case.
     """
-    from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
-
-    if not AttentionBackendEnum.CUSTOM.is_overridden():
-        register_backend(AttentionBackendEnum.CUSTOM, BACKEND_PATH)
-    if not AttentionBackendEnum.CPU_ATTN.is_overridden():
-        register_backend(AttentionBackendEnum.CPU_ATTN, f"{__name__}.{SELECTED_NAME}")
+    try:
+        require_supported_vllm()
+    except UnsupportedVllmError as exc:
+        logger.warning("%s Diptych's attention backend is not registered.", exc)
+        return
+    register_attention_backend_path("CUSTOM", BACKEND_PATH)
+    register_attention_backend_path("CPU_ATTN", f"{__name__}.{SELECTED_NAME}")
 
 
 def asks_for_custom(vllm_config: Any) -> bool:
     """Whether an engine's config requests the CUSTOM backend, globally or for any KV-cache kind."""
-    from vllm.v1.attention.backends.registry import AttentionBackendEnum
-
-    attention_config = getattr(vllm_config, "attention_config", None)
-    if attention_config is None:
-        return False
-    requested = {attention_config.backend, *attention_config.backend_per_kind.values()}
-    return AttentionBackendEnum.CUSTOM in requested
+    return "CUSTOM" in requested_attention_backends(vllm_config)
 
 
 def __getattr__(name: str) -> Any:
     if name != SELECTED_NAME:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from vllm.config import get_current_vllm_config_or_none
-
-    if asks_for_custom(get_current_vllm_config_or_none()):
+    if asks_for_custom(current_vllm_config()):
         from diptych.kernels.vllm_backend import MixedMaskAttentionBackend
 
         return MixedMaskAttentionBackend
-    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
-
-    return CPUAttentionBackend
+    return vllm_cpu_attention_backend()

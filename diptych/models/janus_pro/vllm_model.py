@@ -34,7 +34,6 @@ from vllm.model_executor.models.interfaces import (
 from vllm.model_executor.models.utils import (
     AutoWeightsLoader,
     WeightsMapper,
-    _merge_multimodal_embeddings,
     init_vllm_registered_model,
     maybe_prefix,
 )
@@ -50,6 +49,8 @@ from vllm.multimodal.processing import (
     PromptUpdateDetails,
 )
 from vllm.sequence import IntermediateTensors
+
+from diptych.compat.vllm_internals import merge_multimodal_embeddings
 
 ARCHITECTURE = "JanusForConditionalGeneration"
 
@@ -190,7 +191,7 @@ class JanusForConditionalGeneration(nn.Module, SupportsMultiModal):
         if multimodal_embeddings is None or len(multimodal_embeddings) == 0:
             return embeds
         assert is_multimodal is not None
-        return _merge_multimodal_embeddings(embeds, multimodal_embeddings, is_multimodal)
+        return merge_multimodal_embeddings(embeds, multimodal_embeddings, is_multimodal)
 
     # -- forward ----------------------------------------------------------------------------
     def forward(
