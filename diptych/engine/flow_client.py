@@ -102,7 +102,8 @@ class FlowClient:
         outbox, worker_end = self._ctx.Pipe(duplex=False)
         process = self._ctx.Process(
             target=worker_main,
-            args=(str(self._config.model_dir), self._config.device, inbox, worker_end, self._log_level),
+            args=(str(self._config.model_dir), self._config.device, inbox, worker_end, self._log_level,
+                  self._config.flow_memory_gib),
             name="diptych-flow-worker",
             daemon=True,
         )

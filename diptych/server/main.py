@@ -30,6 +30,7 @@ def resolve_model_dir(settings: Settings) -> Path:
 def serve(overrides: dict[str, Any]) -> int:
     settings = Settings(**overrides)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from diptych.engine.memory_plan import MemoryPlanError
     from diptych.engine.orchestrator import build_orchestrator
     from diptych.models.registry import load_adapter
     from diptych.server.app import create_app
@@ -37,7 +38,11 @@ def serve(overrides: dict[str, Any]) -> int:
     model_dir = resolve_model_dir(settings)
     served_name = settings.served_model_name or model_dir.name
     adapter = load_adapter(model_dir)
-    engine = build_orchestrator(settings.engine_config(model_dir, served_name), adapter, log_level=settings.log_level)
+    try:
+        engine = build_orchestrator(settings.engine_config(model_dir, served_name), adapter,
+                                    log_level=settings.log_level)
+    except MemoryPlanError as exc:
+        raise SystemExit(f"diptych serve: {exc}") from exc  # one line, exit status 1, nothing started
     drain = Drain()
     app = create_app(engine, settings, drain=drain)
     logger.info("serving %s (%s) on http://%s:%s", served_name, adapter.family, settings.host, settings.port)

@@ -22,7 +22,17 @@ from diptych.types import ImageRequest
 
 logger = logging.getLogger(__name__)
 
-_VQ_PREFIX = "model.vqmodel."
+VQ_PREFIX = "model.vqmodel."  # the VQ model's tensors in the checkpoint; vLLM skips them
+
+
+def vq_dtype(config: dict[str, Any]) -> str:
+    """The dtype the VQ decoder runs in, from the checkpoint's ``config.json``.
+
+    A half dtype the checkpoint declares; otherwise "auto": the tensors keep their stored
+    dtypes (they are loaded with ``assign=True``).
+    """
+    dtype = config.get("dtype")
+    return str(dtype) if dtype in ("bfloat16", "float16") else "auto"
 
 
 @dataclass(eq=False)
@@ -49,12 +59,12 @@ class JanusDecodeRunner:
             vq = JanusVQVAE(config.vq_config)
         state = {}
         for file in sorted(model_dir.glob("*.safetensors")):
-            state.update({k[len(_VQ_PREFIX) :]: v for k, v in load_file(file).items() if k.startswith(_VQ_PREFIX)})
+            state.update({k[len(VQ_PREFIX) :]: v for k, v in load_file(file).items() if k.startswith(VQ_PREFIX)})
         vq.load_state_dict(state, assign=True, strict=True)
         self.vq = vq.to(self.device).eval()
         self.image_processor = AutoImageProcessor.from_pretrained(model_dir)
-        dtype = json.loads((model_dir / "config.json").read_text()).get("dtype")
-        if dtype in ("bfloat16", "float16"):
+        dtype = vq_dtype(json.loads((model_dir / "config.json").read_text()))
+        if dtype != "auto":
             self.vq = self.vq.to(getattr(torch, dtype))
 
     def check(self, request: ImageRequest) -> FlowCost:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
-from diptych.models.base import Capabilities, ChatPrompt, FlowRunner
+from diptych.models.base import Capabilities, ChatPrompt, FlowRunner, WeightFiles, safetensors_in
 from diptych.models.qwen_image.source import DEFAULT_SOURCE_AREA, SOURCE_AREA_KEY
 from diptych.types import ChatMessage
 
@@ -27,6 +28,8 @@ GUIDANCE_SCALE_KEY = "_diptych_default_guidance_scale"
 # trained at one small size (the micro model, 64) draws noise at the public default of 256.
 DEFAULT_SIDE = 256
 IMAGE_SIDE_KEY = "_diptych_default_image_side"
+# The flow worker's dtype: build_flow_runner leaves QwenImageFlowRunner at its default.
+FLOW_DTYPE = "float32"
 
 
 class QwenImageAdapter:
@@ -102,6 +105,18 @@ class QwenImageAdapter:
         from diptych.models.qwen_image.flow import QwenImageFlowRunner
 
         return QwenImageFlowRunner(self.model_dir, device, source_area=self.source_area)
+
+    def weight_files(self) -> Mapping[str, tuple[WeightFiles, ...]]:
+        def component(name: str, dtype: str) -> WeightFiles:
+            return WeightFiles(name, safetensors_in(self.model_dir / name), dtype=dtype)
+
+        # vLLM serves the VLM of text_encoder/ (staged, vlm_staging.py) in the dtype its config
+        # declares, the stored one. The flow worker loads the VLM again, to encode prompts
+        # itself (components.py), next to the transformer and the VAE.
+        return {
+            "ar": (component("text_encoder", "auto"),),
+            "flow": tuple(component(name, FLOW_DTYPE) for name in ("transformer", "vae", "text_encoder")),
+        }
 
 
 def _declared_guidance(index: dict[str, Any], model_dir: Path) -> float:

@@ -94,3 +94,22 @@ def test_chat_rendering_and_counting_with_images(
     with_large = adapter.count_prompt_tokens(adapter.render_chat((ChatMessage("user", (ImagePart(large),
                                                                                   TextPart("what is this?"))),)))
     assert text_only < with_small < with_large  # images count at their expanded size
+
+
+def test_weight_files_are_what_each_engine_loads(tiny_qwen_image_edit_dir: Path) -> None:
+    import inspect
+
+    from diptych.models.qwen_image.adapter import FLOW_DTYPE
+    from diptych.models.qwen_image.flow import QwenImageFlowRunner
+
+    weights = QwenImageAdapter(tiny_qwen_image_edit_dir).weight_files()
+    # vLLM serves the VLM; the flow worker loads it again to encode prompts, with the MMDiT and the VAE.
+    assert [(w.component, w.dtype) for w in weights["ar"]] == [("text_encoder", "auto")]
+    assert [(w.component, w.dtype) for w in weights["flow"]] == [
+        ("transformer", FLOW_DTYPE), ("vae", FLOW_DTYPE), ("text_encoder", FLOW_DTYPE)]
+    for part in (*weights["ar"], *weights["flow"]):
+        assert part.files and all(f.parent == tiny_qwen_image_edit_dir / part.component for f in part.files)
+        assert part.keeps("any.tensor")
+    # The dtype the plan assumes is the one build_flow_runner leaves the runner at.
+    default = inspect.signature(QwenImageFlowRunner).parameters["dtype"].default
+    assert str(default) == f"torch.{FLOW_DTYPE}"
