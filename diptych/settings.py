@@ -99,7 +99,17 @@ class Settings(BaseSettings):
     remote_image_max_redirects: int = Field(default=3, ge=0, le=10, description="Redirects followed per remote image.")
 
     # The AR engine (vLLM).
-    kv_cache_gib: float = Field(default=1.0, gt=0, description="KV-cache budget for vLLM on CPU.")
+    kv_cache_gib: float = Field(
+        default=1.0, gt=0, description="vLLM's KV cache, in GiB, on the device vLLM runs on (memory it takes at start)."
+    )
+    # The image decoder's share of the device, next to vLLM's KV cache: the memory plan
+    # (engine/memory_plan.py) adds them up with the weights before anything starts.
+    flow_memory_gib: float | None = Field(
+        default=None, gt=0,
+        description="Activation budget of the image decoder worker, in GiB, which admits requests while they fit; "
+        "unset: half of what a GPU has left after the weights, the KV cache and the headroom (planned at start), "
+        "a quarter of the host's available memory on CPU.",
+    )
     max_model_len: int = Field(default=4096, ge=256, description="vLLM context length: prompt and output tokens.")
     max_num_seqs: int = Field(default=16, ge=1, description="vLLM sequences per step (a guided image is two).")
     ar_compile: Literal["auto", "eager", "compiled"] = Field(

@@ -153,3 +153,6 @@ class EngineConfig:
     ar_startup_timeout_s: float
     limits: Limits
     ar_compile: str = "auto"
+    # The flow worker's activation budget; None: a share of the device's free memory
+    # (on a GPU, the memory plan fills it in before the worker starts: engine/memory_plan.py).
+    flow_memory_gib: float | None = None

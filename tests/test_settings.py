@@ -43,8 +43,8 @@ def test_limits_and_engine_config_carry_every_setting_by_name() -> None:
     # Values unlike the defaults, so that a field left at its default would show.
     settings = Settings(max_image_side=512, max_n=3, max_steps=7, max_prompt_tokens=99, max_output_tokens=11,
                         max_images_per_request=2, queue_depth=5, request_timeout_s=9.5, device="cuda",
-                        cache_dir=Path("/tmp/c"), kv_cache_gib=0.25, max_model_len=777, max_num_seqs=3,
-                        ar_startup_timeout_s=12.0)
+                        cache_dir=Path("/tmp/c"), kv_cache_gib=0.25, flow_memory_gib=2.5, max_model_len=777,
+                        max_num_seqs=3, ar_startup_timeout_s=12.0)
     config = settings.engine_config(Path("ckpt"), "served")
     assert (config.model_dir, config.served_name, config.limits) == (Path("ckpt"), "served", settings.limits())
     for instance in (config, config.limits):

@@ -77,23 +77,35 @@ def select(waiting: Sequence[Candidate], active: Sequence[FlowCost], budget: Bat
     return chosen
 
 
-def default_budget(device: str) -> BatchBudget:
-    """A memory budget from what the device has free now: half of a GPU's, a quarter of the host's."""
+def default_budget(device: str, memory_gib: float | None = None) -> BatchBudget:
+    """The worker's budget: ``memory_gib`` of activations when given (setting ``flow_memory_gib``,
+    or the memory plan's share on a GPU), else a share of what the device has free now."""
+    if memory_gib is not None:
+        return BatchBudget(max_memory_bytes=max(int(memory_gib * _GIB), 1))
     memory = BatchBudget().max_memory_bytes
     try:
         if device.startswith("cuda"):
             import torch
 
             free, _total = torch.cuda.mem_get_info(torch.device(device))
-            memory = free // 2
         else:
-            memory = _host_available_bytes() // 4
+            free = host_available_bytes()
+        memory = default_share(device, free)
     except (OSError, RuntimeError, ValueError) as exc:
         logger.warning("could not read free memory on %s (%s); memory budget %d bytes", device, exc, memory)
     return BatchBudget(max_memory_bytes=max(memory, 1))
 
 
-def _host_available_bytes() -> int:
+def default_share(device: str, free: int) -> int:
+    """The activation budget the flow worker takes of ``free`` bytes when none is set.
+
+    Half of a GPU's: the rest is slack for what the estimates miss (allocator fragmentation,
+    cached prompt embeddings). A quarter of the host's: the host's memory is everyone's.
+    """
+    return max(free, 0) // (2 if device.startswith("cuda") else 4)
+
+
+def host_available_bytes() -> int:
     with open("/proc/meminfo") as meminfo:
         for line in meminfo:
             if line.startswith("MemAvailable:"):

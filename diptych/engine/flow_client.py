@@ -103,7 +103,7 @@ class FlowClient:
         process = self._ctx.Process(
             target=worker_main,
             args=(str(self._config.model_dir), self._config.device, self._config.dtype, inbox, worker_end,
-                  self._log_level),
+                  self._log_level, self._config.flow_memory_gib),
             name="diptych-flow-worker",
             daemon=True,
         )

@@ -20,8 +20,14 @@ logger = logging.getLogger(__name__)
 PROCESS_NAME = "diptych-flow"
 
 
-def worker_main(model_dir: str, device: str, dtype: str, inbox: Any, outbox: Any, log_level: str = "INFO") -> None:
-    """``inbox``: a multiprocessing queue of :data:`Inbound`; ``outbox``: the write end of a pipe."""
+def worker_main(
+    model_dir: str, device: str, dtype: str, inbox: Any, outbox: Any, log_level: str = "INFO",
+    memory_gib: float | None = None,
+) -> None:
+    """``inbox``: a multiprocessing queue of :data:`Inbound`; ``outbox``: the write end of a pipe.
+
+    ``memory_gib``: the activation budget (see :func:`default_budget`); None, a share of what is free.
+    """
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s flow-worker %(levelname)s %(message)s")
     _name_process(PROCESS_NAME)
     _exit_with_parent()
@@ -35,7 +41,7 @@ def worker_main(model_dir: str, device: str, dtype: str, inbox: Any, outbox: Any
         logger.exception("flow worker failed to load %s", model_dir)
         outbox.send(Fatal(f"{type(exc).__name__}: {exc}"))
         return
-    budget = default_budget(device)  # after loading: the weights are not free memory
+    budget = default_budget(device, memory_gib)  # after loading: the weights are not free memory
     logger.info("flow worker budget: %s", budget)
     outbox.send(Ready())
     FlowScheduler(runner, outbox.send, budget).run(inbox)

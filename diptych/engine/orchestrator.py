@@ -24,6 +24,7 @@ from diptych.engine.errors import (
     InvalidRequestError,
 )
 from diptych.engine.flow_client import FlowClient
+from diptych.engine.memory_plan import apply_plan, placement_of
 from diptych.engine.protocol import EngineStats, Health, HealthState
 from diptych.models.base import ChatPrompt, FamilyAdapter, ModelCard, ar_image_stage_of
 from diptych.types import ChatEvent, ChatFinished, ChatRequest, EngineConfig, ImageEvent, ImageRequest
@@ -226,20 +227,24 @@ def runs_eagerly(config: EngineConfig, ar_dir: Path) -> bool:
 
 
 def build_orchestrator(config: EngineConfig, adapter: FamilyAdapter, *, log_level: str = "INFO") -> Orchestrator:
-    """The orchestrator with the engines the adapter's capabilities call for."""
+    """The orchestrator with the engines the adapter's capabilities call for.
+
+    Their memory is planned first (``memory_plan.py``): on a GPU, a plan that does not fit
+    raises :class:`~diptych.engine.memory_plan.MemoryPlanError` before anything is staged or started.
+    """
     from diptych.engine.ar_engine import AREngine
 
-    config = with_resolved_dtype(config, adapter)
-    capabilities = adapter.capabilities()
+    config = apply_plan(with_resolved_dtype(config, adapter), adapter)
+    placement = placement_of(adapter.capabilities(), config.device)
     ar = None
-    if capabilities.understand:
+    if "ar" in placement:
         ar_dir = adapter.prepare_ar_model(config.cache_dir / "staging")
         if ar_dir is None:
             raise ValueError(f"{adapter.family} declares understanding but has no AR model")
         stage = ar_image_stage_of(adapter)
         ar = AREngine(ar_dir, config, enforce_eager=runs_eagerly(config, ar_dir),
                       options=stage.engine_options(config.max_model_len) if stage is not None else None)
-    flow = FlowClient(config, log_level=log_level) if capabilities.generate or capabilities.edit else None
+    flow = FlowClient(config, log_level=log_level) if "flow" in placement else None
     return Orchestrator(config, adapter, ar=ar, flow=flow)
 
 

@@ -148,6 +148,31 @@ class ARImageStage(Protocol):
     def codes(self, token_ids: Sequence[int]) -> tuple[int, ...] | None: ...
 
 
+@dataclass(frozen=True)
+class WeightFiles:
+    """The safetensors files one engine loads for one component, and which of their tensors.
+
+    Read by the memory plan (``engine/memory_plan.py``) from the files' headers, before any
+    engine starts: it must describe what the engine really holds, so a component whose
+    tensors share files with another engine's names its tensor-name prefixes.
+    """
+
+    component: str  # names the memory plan's line, e.g. "transformer"
+    files: tuple[Path, ...]
+    only: tuple[str, ...] = ()  # tensor-name prefixes kept; empty: every tensor
+    skip: tuple[str, ...] = ()  # tensor-name prefixes dropped
+
+    def keeps(self, name: str) -> bool:
+        if self.only and not name.startswith(self.only):
+            return False
+        return not (self.skip and name.startswith(self.skip))
+
+
+def safetensors_in(directory: Path) -> tuple[Path, ...]:
+    """The safetensors files of a directory (every shard), in name order."""
+    return tuple(sorted(directory.glob("*.safetensors")))
+
+
 class FamilyAdapter(Protocol):
     """The only place that knows a checkpoint's layout."""
 
@@ -173,6 +198,15 @@ class FamilyAdapter(Protocol):
 
     def build_flow_runner(self, device: str, dtype: str) -> FlowRunner[Any]:
         """Load the generation stages; called inside the flow worker process."""
+        ...
+
+    def weight_files(self) -> Mapping[str, tuple[WeightFiles, ...]]:
+        """What each engine loads, keyed by engine: ``"ar"`` (vLLM) and ``"flow"`` (the flow worker).
+
+        An engine the family does not run is absent. Weights both engines load (e.g. a VLM
+        that answers questions and also encodes prompts) are listed under each: each
+        process holds its own copy.
+        """
         ...
 
     # Optional: ``ar_image_stage(self) -> ARImageStage | None``, for families whose images are AR

@@ -31,6 +31,7 @@ def serve(overrides: dict[str, Any]) -> int:
     settings = Settings(**overrides)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from diptych.engine.devices import DeviceError, check_device, resolve_dtype
+    from diptych.engine.memory_plan import MemoryPlanError
     from diptych.engine.orchestrator import build_orchestrator
     from diptych.models.registry import load_adapter
     from diptych.server.app import create_app
@@ -42,7 +43,11 @@ def serve(overrides: dict[str, Any]) -> int:
         check_device(settings.device, resolve_dtype(settings.dtype, settings.device, adapter.checkpoint_dtype()))
     except DeviceError as exc:
         raise SystemExit(f"diptych serve: {exc}") from None
-    engine = build_orchestrator(settings.engine_config(model_dir, served_name), adapter, log_level=settings.log_level)
+    try:
+        engine = build_orchestrator(settings.engine_config(model_dir, served_name), adapter,
+                                    log_level=settings.log_level)
+    except MemoryPlanError as exc:
+        raise SystemExit(f"diptych serve: {exc}") from exc  # one line, exit status 1, nothing started
     drain = Drain()
     app = create_app(engine, settings, drain=drain)
     logger.info("serving %s (%s) on http://%s:%s", served_name, adapter.family, settings.host, settings.port)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from diptych.engine.flow_budget import BatchBudget, default_budget, select
+from diptych.engine.flow_budget import BatchBudget, default_budget, default_share, select
 from diptych.models.base import FlowCost
 
 
@@ -63,3 +63,9 @@ def test_default_cpu_budget_is_a_share_of_available_host_memory() -> None:
     budget = default_budget("cpu")
     assert 0 < budget.max_memory_bytes < 64 << 30
     assert budget.max_tokens == BatchBudget().max_tokens
+
+
+def test_a_given_memory_budget_is_taken_as_it_is() -> None:
+    # Setting flow_memory_gib, or the memory plan's share on a GPU: the device is not asked.
+    assert default_budget("cuda", 1.5).max_memory_bytes == 3 << 29
+    assert default_share("cuda", 10) == 5 and default_share("cpu", 10) == 2 and default_share("cuda", -3) == 0

@@ -9,11 +9,12 @@ at one size (384×384 for the public checkpoints) and cannot edit.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
-from diptych.models.base import Capabilities, ChatPrompt, FlowRunner
+from diptych.models.base import Capabilities, ChatPrompt, FlowRunner, WeightFiles, safetensors_in
 from diptych.models.chat import apply_chat_template
 from diptych.models.janus_pro import chat_format as cf
 from diptych.models.janus_pro.image_tokens import TokenSpec, conditional_ids
@@ -97,3 +98,14 @@ class JanusProAdapter:
         from diptych.models.janus_pro.decode import JanusDecodeRunner
 
         return JanusDecodeRunner(self.model_dir, device, dtype)
+
+    def weight_files(self) -> Mapping[str, tuple[WeightFiles, ...]]:
+        from diptych.models.janus_pro.decode import VQ_PREFIX
+
+        # One set of files for both engines: vLLM loads every tensor but the VQ model's
+        # (vllm_model.py ignores them); the flow worker loads only the VQ model's (decode.py).
+        files = safetensors_in(self.model_dir)
+        return {
+            "ar": (WeightFiles("model", files, skip=(VQ_PREFIX,)),),
+            "flow": (WeightFiles("vq model", files, only=(VQ_PREFIX,)),),
+        }

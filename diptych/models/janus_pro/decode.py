@@ -22,7 +22,7 @@ from diptych.types import ImageRequest
 
 logger = logging.getLogger(__name__)
 
-_VQ_PREFIX = "model.vqmodel."
+VQ_PREFIX = "model.vqmodel."  # the VQ model's tensors in the checkpoint; vLLM skips them
 
 
 @dataclass(eq=False)
@@ -49,7 +49,7 @@ class JanusDecodeRunner:
             vq = JanusVQVAE(config.vq_config)
         state = {}
         for file in sorted(model_dir.glob("*.safetensors")):
-            state.update({k[len(_VQ_PREFIX) :]: v for k, v in load_file(file).items() if k.startswith(_VQ_PREFIX)})
+            state.update({k[len(VQ_PREFIX) :]: v for k, v in load_file(file).items() if k.startswith(VQ_PREFIX)})
         vq.load_state_dict(state, assign=True, strict=True)
         # The serving dtype, as transformers runs the whole model in one.
         self.vq = vq.to(self.device, getattr(torch, dtype)).eval()

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
-from diptych.models.base import Capabilities, ChatPrompt, FlowRunner
+from diptych.models.base import Capabilities, ChatPrompt, FlowRunner, WeightFiles, safetensors_in
 from diptych.models.qwen_image.source import DEFAULT_SOURCE_AREA, SOURCE_AREA_KEY
 from diptych.types import ChatMessage
 
@@ -110,6 +111,17 @@ class QwenImageAdapter:
         from diptych.models.qwen_image.flow import QwenImageFlowRunner
 
         return QwenImageFlowRunner(self.model_dir, device, dtype=getattr(torch, dtype), source_area=self.source_area)
+
+    def weight_files(self) -> Mapping[str, tuple[WeightFiles, ...]]:
+        def component(name: str) -> WeightFiles:
+            return WeightFiles(name, safetensors_in(self.model_dir / name))
+
+        # vLLM serves the VLM of text_encoder/ (staged, vlm_staging.py). The flow worker loads
+        # the VLM again, to encode prompts itself (components.py), next to the transformer and the VAE.
+        return {
+            "ar": (component("text_encoder"),),
+            "flow": tuple(component(name) for name in ("transformer", "vae", "text_encoder")),
+        }
 
 
 def _declared_guidance(index: dict[str, Any], model_dir: Path) -> float:

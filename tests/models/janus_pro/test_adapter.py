@@ -59,3 +59,16 @@ def test_plan_pairs_seeds_and_refusals(tiny_janus_dir: Path) -> None:
         stage.plan(ImageRequest("e", "x", 64, 64, source_images=(Image.new("RGB", (8, 8)),)))
     assert stage.codes([spec.text_vocab_size + 3] * spec.num_image_tokens) == (3,) * spec.num_image_tokens
     assert stage.codes([spec.eos_id]) is None
+
+
+def test_weight_files_split_one_checkpoint_between_the_engines(tiny_janus_dir: Path) -> None:
+    from diptych.engine.memory_plan import read_header
+
+    weights = JanusProAdapter(tiny_janus_dir).weight_files()
+    (ar,), (flow,) = weights["ar"], weights["flow"]
+    assert ar.files == flow.files == tuple(sorted(tiny_janus_dir.glob("*.safetensors")))
+    names = [name for path in ar.files for name in read_header(path)]
+    vq = {name for name in names if flow.keeps(name)}
+    # vLLM loads every tensor but the VQ model's; the flow worker only those (decode.py).
+    assert vq and all(name.startswith("model.vqmodel.") for name in vq)
+    assert {name for name in names if ar.keeps(name)} == set(names) - vq

@@ -94,3 +94,13 @@ def test_chat_rendering_and_counting_with_images(
     with_large = adapter.count_prompt_tokens(adapter.render_chat((ChatMessage("user", (ImagePart(large),
                                                                                   TextPart("what is this?"))),)))
     assert text_only < with_small < with_large  # images count at their expanded size
+
+
+def test_weight_files_are_what_each_engine_loads(tiny_qwen_image_edit_dir: Path) -> None:
+    weights = QwenImageAdapter(tiny_qwen_image_edit_dir).weight_files()
+    # vLLM serves the VLM; the flow worker loads it again to encode prompts, with the MMDiT and the VAE.
+    assert [w.component for w in weights["ar"]] == ["text_encoder"]
+    assert [w.component for w in weights["flow"]] == ["transformer", "vae", "text_encoder"]
+    for part in (*weights["ar"], *weights["flow"]):
+        assert part.files and all(f.parent == tiny_qwen_image_edit_dir / part.component for f in part.files)
+        assert part.keeps("any.tensor")
