@@ -30,6 +30,7 @@ BENCHES: dict[str, str] = {
     # one line per bench, sorted by name
     "ar-image": "diptych.bench.ar_image",
     "attention": "diptych.bench.attention",
+    "dtype": "diptych.bench.dtype",
     "flow": "diptych.bench.flow",
     "load": "diptych.bench.load",
     "quality": "diptych.bench.quality",
