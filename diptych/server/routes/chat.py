@@ -8,7 +8,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from diptych.engine.errors import EngineError
 from diptych.engine.protocol import EngineClient
 from diptych.server.disconnect import cancel_on_disconnect
 from diptych.server.remote_images import RemoteImageFetcher
@@ -67,19 +66,8 @@ def _usage(finished: ChatFinished) -> Usage:
 
 
 async def _completion(run: chat.ChatRun, model: str) -> JSONResponse:
-    pieces: list[str] = []
-    finished = None
-    try:
-        async for event in run.stream.events():
-            if isinstance(event, TextDelta):
-                pieces.append(event.text)
-            elif isinstance(event, ChatFinished):
-                finished = event
-                break
-    finally:
-        await run.stream.aclose()
-    if finished is None:
-        raise EngineError(f"request {run.request_id} ended without finishing")
+    deltas, finished = await run.stream.until(ChatFinished)
+    pieces = [event.text for event in deltas if isinstance(event, TextDelta)]
     completion = ChatCompletion(
         id=run.request_id,
         created=run.created,

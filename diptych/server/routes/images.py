@@ -11,7 +11,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from diptych.engine.errors import EngineError
 from diptych.engine.protocol import EngineClient
 from diptych.server.disconnect import cancel_on_disconnect
 from diptych.server.media import encode_image
@@ -95,16 +94,7 @@ def _usage(finished: ImagesFinished) -> ImageUsage:
 
 
 async def _json(run: images.ImageRun, options: ImageOptions) -> JSONResponse:
-    try:
-        finished = None
-        async for event in run.stream.events():
-            if isinstance(event, ImagesFinished):
-                finished = event
-                break
-    finally:
-        await run.stream.aclose()
-    if finished is None:
-        raise EngineError(f"request {run.request.request_id} ended without its images")
+    _, finished = await run.stream.until(ImagesFinished)
     encoded = await asyncio.to_thread(
         lambda: [encode_image(img, options.output_format, options.output_compression) for img in finished.images]
     )

@@ -10,7 +10,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from diptych.engine.errors import EngineError
+
 E = TypeVar("E")
+F = TypeVar("F")
 
 
 @dataclass
@@ -23,6 +26,18 @@ class EngineStream(Generic[E]):
         yield self.first
         async for event in self.rest:
             yield event
+
+    async def until(self, final: type[F]) -> tuple[list[E], F]:
+        """The events before the first ``final`` one, and that one; the stream is closed after."""
+        before: list[E] = []
+        try:
+            async for event in self.events():
+                if isinstance(event, final):
+                    return before, event
+                before.append(event)
+        finally:
+            await self.aclose()
+        raise EngineError(f"the engine's stream ended without a {final.__name__}")
 
     async def aclose(self) -> None:
         """Closing early aborts the request in the engine."""
