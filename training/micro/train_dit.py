@@ -330,7 +330,7 @@ def evaluate_images(out: Path, count: int, batch: int = 16) -> tuple[float, floa
 
     # As the server would: the adapter's runner (declared source area) and default guidance.
     adapter = QwenImageAdapter(out)
-    runner = adapter.build_flow_runner("cpu")
+    runner = adapter.build_flow_runner("cpu", "float32")
     guidance = adapter.capabilities().default_guidance_scale
     t2i_items, edit_items = sb.t2i_items(count, seed=0), sb.edit_items(count, seed=0)
     t2i_requests = [_request(f"t2i-{i}", item.prompt, guidance, item.noise_seed) for i, item in enumerate(t2i_items)]

@@ -54,7 +54,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any
 @pytest.fixture(scope="module")
 def runner(smoke: tuple[Path, dict[str, Any]]) -> QwenImageFlowRunner:
     # The runner the server builds: through the family adapter, which reads the source area.
-    built = QwenImageAdapter(smoke[0]).build_flow_runner("cpu")
+    built = QwenImageAdapter(smoke[0]).build_flow_runner("cpu", "float32")
     assert isinstance(built, QwenImageFlowRunner)
     return built
 
