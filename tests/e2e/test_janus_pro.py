@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import openai
 import pytest
-import torch
 from PIL import Image
 
 from diptych.bench.server_process import ServerProcess, serving
 from tests.conftest import TinyCheckpoint
+from tests.e2e.janus_reference import janus_reference_image
 
 MODEL = "tiny-janus"
 
@@ -43,21 +43,6 @@ def _png_data_url(colour: tuple[int, int, int]) -> str:
     buffer = io.BytesIO()
     Image.new("RGB", (64, 48), colour).save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def _reference_image(checkpoint: Path, prompt: str, guidance_scale: float) -> np.ndarray:
-    from transformers import AutoProcessor, JanusForConditionalGeneration
-
-    from diptych.models.janus_pro.chat_format import generation_prompt
-
-    processor = AutoProcessor.from_pretrained(checkpoint)
-    model = JanusForConditionalGeneration.from_pretrained(checkpoint).eval()
-    inputs = processor(text=[generation_prompt(prompt)], generation_mode="image", return_tensors="pt")
-    with torch.no_grad():
-        tokens = model.generate(**inputs, generation_mode="image", do_sample=False, guidance_scale=guidance_scale)
-        pixels = model.decode_image_tokens(tokens)[0].float().numpy()
-    # deepseek-ai/Janus's conversion (the tiny checkpoint normalises with mean = std = 0.5, as the real one).
-    return np.clip((pixels + 1) / 2 * 255, 0, 255).astype(np.uint8)
 
 
 def test_models_lists_janus_capabilities(client: openai.OpenAI) -> None:
@@ -92,7 +77,7 @@ def test_generate_equals_transformers(client: openai.OpenAI, janus_checkpoint: P
     )
     assert result.data is not None and len(result.data) == 2
     images = [np.asarray(Image.open(io.BytesIO(base64.b64decode(d.b64_json or ""))).convert("RGB")) for d in result.data]
-    expected = _reference_image(janus_checkpoint, prompt, 4.0)
+    expected = janus_reference_image(janus_checkpoint, prompt, 4.0)
     for image in images:
         assert image.shape == (64, 64, 3)
         assert np.abs(image.astype(int) - expected).max() <= 1  # float rounding before truncation to uint8
