@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     ar_compile: Literal["auto", "eager", "compiled"] = Field(
         default="auto",
         description="vLLM's torch.compile: 'compiled' decodes faster but compiles at start; 'eager' starts sooner; "
-        "'auto' is eager for language models under 1 GB on CPU, compiled otherwise.",
+        "'auto' is eager for language models under 1 GiB on CPU, compiled otherwise.",
     )
     ar_startup_timeout_s: float = Field(
         default=600.0, gt=0, description="Seconds the vLLM engine and the image decoder worker get to start."
