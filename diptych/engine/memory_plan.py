@@ -5,7 +5,7 @@ sizing itself from what is free when it starts would let the start order decide 
 of memory, at the first large request. So the server computes, before loading anything:
 
 - the weights of each engine, from the safetensors headers of the files the family adapter
-  lists (``FamilyAdapter.weight_files``), in the dtype each engine holds them in;
+  lists (``FamilyAdapter.weight_files``), in the serving dtype both engines cast them to;
 - vLLM's KV cache (setting ``kv_cache_gib``);
 - the flow worker's activation budget (setting ``flow_memory_gib``; unset on a GPU, half of
   what the other lines leave, fixed here and handed to the worker);
