@@ -138,14 +138,24 @@ def export_video_processor_mixin(_module: ModuleType | None = None) -> None:
     video_processing_utils = sys.modules.get("transformers.video_processing_utils")
     if video_processing_utils is None or not hasattr(video_processing_utils, "VideoProcessorMixin"):
         return  # processing_utils came first: video_processing_utils' own hook will export it
-    mixin = video_processing_utils.VideoProcessorMixin
+    for target in _top_level_transformers():
+        # A plain module attribute: found before the lazy module's __getattr__ is ever consulted.
+        setattr(target, "VideoProcessorMixin", video_processing_utils.VideoProcessorMixin)
+
+
+def _top_level_transformers() -> list[ModuleType]:
+    """The module objects that ``from transformers import X`` and processors resolve names on.
+
+    ``processing_utils`` re-executes transformers' ``__init__`` (``direct_transformers_import``),
+    which puts a second lazy module in ``sys.modules["transformers"]``; a reference taken
+    before that (``import transformers`` early) keeps the first one and is not reached here.
+    """
     targets = [sys.modules["transformers"]]
     processing_utils = sys.modules.get("transformers.processing_utils")
-    if processing_utils is not None and hasattr(processing_utils, "transformers_module"):
-        targets.append(processing_utils.transformers_module)
-    for target in targets:
-        # A plain module attribute: found before the lazy module's __getattr__ is ever consulted.
-        setattr(target, "VideoProcessorMixin", mixin)
+    module = getattr(processing_utils, "transformers_module", None)
+    if module is not None and module is not targets[0]:
+        targets.append(module)
+    return targets
 
 
 def export_qwen3_vl_video_processor(qwen3_vl: ModuleType) -> None:
@@ -154,7 +164,8 @@ def export_qwen3_vl_video_processor(qwen3_vl: ModuleType) -> None:
     package = sys.modules[qwen3_vl.__name__]
     real = importlib.import_module(f"{qwen3_vl.__name__}.video_processing_qwen3_vl").Qwen3VLVideoProcessor
     setattr(package, "Qwen3VLVideoProcessor", real)
-    setattr(sys.modules["transformers"], "Qwen3VLVideoProcessor", real)
+    for target in _top_level_transformers():
+        setattr(target, "Qwen3VLVideoProcessor", real)
     logger.debug("exported the real Qwen3-VL video processor")
 
 
