@@ -237,3 +237,19 @@ def test_vllm_imports_its_qwen3_vl_model_module() -> None:
     assert out.strip().split("\n")[-1] == (
         "Qwen3VLForConditionalGeneration Qwen2VLImageProcessorPil transformers.models.qwen3_vl.video_processing_qwen3_vl"
     )
+
+
+@pytest.mark.slow  # a fresh vLLM interpreter (~20 s on two cores)
+def test_vllm_registry_subprocess_imports_qwen3_vl() -> None:
+    # The same route as Qwen2.5-VL above: vLLM's helper interpreter gets the layer from the plugin.
+    out = _ok(
+        """
+        import importlib
+        from vllm.model_executor.models.registry import _run_in_subprocess
+        def probe():
+            module = importlib.import_module("vllm.model_executor.models.qwen3_vl")
+            return module.Qwen3VLVideoProcessor.__module__
+        print(_run_in_subprocess(probe))
+        """
+    )
+    assert out.strip().split("\n")[-1] == "transformers.models.qwen3_vl.video_processing_qwen3_vl"
