@@ -14,7 +14,14 @@ imports nothing:
   ``video_processing_utils`` is imported, ``transformers.VideoProcessorMixin`` is exported
   as it is with torchvision (every processor checks its video slot against that name, and
   without torchvision transformers does not export it, so no processor with a video slot
-  could be built at all).
+  could be built at all) — on ``transformers`` and on ``processing_utils.transformers_module``,
+  the separate module object through which processors look their slot classes up;
+* Qwen3-VL's video processor: transformers exports a torchvision dummy under that name,
+  although the real class (``video_processing_qwen3_vl``) imports and loads its config
+  without torchvision. Once ``transformers.models.qwen3_vl`` is imported, the package, the
+  top-level ``transformers`` module and ``AutoVideoProcessor`` name the real class
+  (Qwen-Image 2.1's processor and vLLM's ``qwen3_vl.py`` need it; video input itself is
+  not served by Diptych and is not tested here).
 """
 
 from __future__ import annotations
@@ -120,11 +127,46 @@ class TorchvisionFreeFinder(importlib.abc.MetaPathFinder):
         return None
 
 
-def export_video_processor_mixin(video_processing_utils: ModuleType) -> None:
-    """Export ``transformers.VideoProcessorMixin``, the base class processors check video slots against."""
-    transformers = sys.modules["transformers"]
-    # A plain module attribute: found before the lazy module's __getattr__ is ever consulted.
-    setattr(transformers, "VideoProcessorMixin", video_processing_utils.VideoProcessorMixin)
+def export_video_processor_mixin(_module: ModuleType | None = None) -> None:
+    """Export ``VideoProcessorMixin``, the base class processors check video slots against.
+
+    Processors look it up on ``processing_utils.transformers_module``, a module object of its
+    own (``direct_transformers_import``), not ``sys.modules["transformers"]``: set it on both,
+    once both ``video_processing_utils`` and (for the second) ``processing_utils`` are loaded,
+    whichever is imported first.
+    """
+    video_processing_utils = sys.modules.get("transformers.video_processing_utils")
+    if video_processing_utils is None or not hasattr(video_processing_utils, "VideoProcessorMixin"):
+        return  # processing_utils came first: video_processing_utils' own hook will export it
+    for target in _top_level_transformers():
+        # A plain module attribute: found before the lazy module's __getattr__ is ever consulted.
+        setattr(target, "VideoProcessorMixin", video_processing_utils.VideoProcessorMixin)
+
+
+def _top_level_transformers() -> list[ModuleType]:
+    """The module objects that ``from transformers import X`` and processors resolve names on.
+
+    ``processing_utils`` re-executes transformers' ``__init__`` (``direct_transformers_import``),
+    which puts a second lazy module in ``sys.modules["transformers"]``; a reference taken
+    before that (``import transformers`` early) keeps the first one and is not reached here.
+    """
+    targets = [sys.modules["transformers"]]
+    processing_utils = sys.modules.get("transformers.processing_utils")
+    module = getattr(processing_utils, "transformers_module", None)
+    if module is not None and module is not targets[0]:
+        targets.append(module)
+    return targets
+
+
+def export_qwen3_vl_video_processor(qwen3_vl: ModuleType) -> None:
+    """Name the real ``Qwen3VLVideoProcessor`` where transformers exports a torchvision dummy."""
+    # The package's __init__ replaces itself in sys.modules by a lazy module: patch that one.
+    package = sys.modules[qwen3_vl.__name__]
+    real = importlib.import_module(f"{qwen3_vl.__name__}.video_processing_qwen3_vl").Qwen3VLVideoProcessor
+    setattr(package, "Qwen3VLVideoProcessor", real)
+    for target in _top_level_transformers():
+        setattr(target, "Qwen3VLVideoProcessor", real)
+    logger.debug("exported the real Qwen3-VL video processor")
 
 
 def register_video_placeholders(video_processing_auto: ModuleType) -> None:
@@ -138,10 +180,18 @@ def register_video_placeholders(video_processing_auto: ModuleType) -> None:
     for config_class in (Qwen2VLConfig, Qwen2_5_VLConfig):
         auto.register(config_class, video_processor_classes={"torchvision": Qwen2VLVideoProcessor}, exist_ok=True)
     logger.debug("registered the torchvision-free Qwen2-VL video processor placeholder")
+    # Qwen3-VL needs no placeholder: its real class works without torchvision (importing the
+    # package runs export_qwen3_vl_video_processor first).
+    from transformers.models.qwen3_vl import Qwen3VLVideoProcessor
+    from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLConfig
+
+    auto.register(Qwen3VLConfig, video_processor_classes={"torchvision": Qwen3VLVideoProcessor}, exist_ok=True)
 
 
 POST_IMPORT_HOOKS: dict[str, Callable[[ModuleType], None]] = {
     "transformers.video_processing_utils": export_video_processor_mixin,
+    "transformers.processing_utils": export_video_processor_mixin,
+    "transformers.models.qwen3_vl": export_qwen3_vl_video_processor,
     "transformers.models.auto.video_processing_auto": register_video_placeholders,
 }
 

@@ -28,6 +28,7 @@ TINY_FACTORIES: dict[str, str] = {
     "janus-pro": "diptych.models.janus_pro.tiny:write_tiny_janus_pro",
     "qwen-image": "diptych.models.qwen_image.tiny:write_tiny_qwen_image",
     "qwen-image-edit": "diptych.models.qwen_image.tiny:write_tiny_qwen_image_edit",
+    "qwen-image-2.1": "diptych.models.qwen_image_21.tiny:write_tiny_qwen_image_21",
 }
 
 

@@ -168,3 +168,88 @@ def test_does_nothing_when_torchvision_is_present(tmp_path: Path) -> None:
     )
     # No hook, and the import reached the real torchvision-backed module (which needs more than our stub).
     assert out.split("\n")[:2] == ["False", "real module imported: torchvision.transforms"]
+
+
+# ----------------------------------------------------------------- Qwen3-VL (Qwen-Image 2.1's prompt encoder)
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen3_vl_processor(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from diptych.models.qwen_image_21.tiny import _write_processor, qwen3_vl_tokenizer
+
+    root = tmp_path_factory.mktemp("qwen3-vl") / "processor"
+    _write_processor(root, qwen3_vl_tokenizer())
+    return root
+
+
+def test_without_the_layer_qwen3_vl_processor_fails(tiny_qwen3_vl_processor: Path) -> None:
+    result = _run(
+        f"""
+        from transformers import Qwen3VLProcessor
+        Qwen3VLProcessor.from_pretrained({str(tiny_qwen3_vl_processor)!r})
+        """
+    )
+    assert result.returncode != 0
+    assert "Torchvision" in result.stderr
+
+
+@pytest.mark.parametrize("install_first", [True, False], ids=["install-first", "install-after-import"])
+def test_qwen3_vl_processor_builds(tiny_qwen3_vl_processor: Path, install_first: bool) -> None:
+    before, after = ("compat.install()", "") if install_first else ("", "compat.install()")
+    out = _ok(
+        f"""
+        from diptych import compat
+        {before}
+        import transformers, transformers.processing_utils as pu, transformers.video_processing_utils as vpu
+        import transformers.models.qwen3_vl as qwen3_vl
+        {after}
+        from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor as real
+        from transformers import Qwen3VLVideoProcessor as top  # a dummy without the layer
+        print(top is real, qwen3_vl.Qwen3VLVideoProcessor is real)
+        print(pu.transformers_module is not transformers, pu.transformers_module.VideoProcessorMixin is vpu.VideoProcessorMixin)
+        from PIL import Image
+        from transformers import AutoProcessor, Qwen3VLProcessor
+        path = {str(tiny_qwen3_vl_processor)!r}
+        for loaded in (AutoProcessor.from_pretrained(path), Qwen3VLProcessor.from_pretrained(path)):
+            batch = loaded(text=["<|vision_start|><|image_pad|><|vision_end|>hi"], images=[Image.new("RGB", (64, 64))])
+            print(type(loaded).__name__, type(loaded.video_processor).__name__, batch["image_grid_thw"].tolist())
+        """
+    )
+    assert out.split("\n")[:4] == [
+        "True True",
+        "True True",
+        "Qwen3VLProcessor Qwen3VLVideoProcessor [[1, 4, 4]]",
+        "Qwen3VLProcessor Qwen3VLVideoProcessor [[1, 4, 4]]",
+    ]
+
+
+def test_vllm_imports_its_qwen3_vl_model_module() -> None:
+    # vLLM's qwen3_vl.py imports transformers' torchvision image processor and the Qwen3-VL
+    # video processor by name; with the layer both resolve (no engine start).
+    out = _ok(
+        """
+        from diptych import compat
+        compat.install()
+        import vllm.model_executor.models.qwen3_vl as q
+        print(q.Qwen3VLForConditionalGeneration.__name__, q.Qwen2VLImageProcessor.__name__, q.Qwen3VLVideoProcessor.__module__)
+        """
+    )
+    assert out.strip().split("\n")[-1] == (
+        "Qwen3VLForConditionalGeneration Qwen2VLImageProcessorPil transformers.models.qwen3_vl.video_processing_qwen3_vl"
+    )
+
+
+@pytest.mark.slow  # a fresh vLLM interpreter (~20 s on two cores)
+def test_vllm_registry_subprocess_imports_qwen3_vl() -> None:
+    # The same route as Qwen2.5-VL above: vLLM's helper interpreter gets the layer from the plugin.
+    out = _ok(
+        """
+        import importlib
+        from vllm.model_executor.models.registry import _run_in_subprocess
+        def probe():
+            module = importlib.import_module("vllm.model_executor.models.qwen3_vl")
+            return module.Qwen3VLVideoProcessor.__module__
+        print(_run_in_subprocess(probe))
+        """
+    )
+    assert out.strip().split("\n")[-1] == "transformers.models.qwen3_vl.video_processing_qwen3_vl"

@@ -25,7 +25,7 @@ _BPE_VOCAB_SIZE = 1024
 
 # A few lines about images, shapes and colours: enough for the BPE to learn merges for the
 # words prompts in tests use, small enough to train in milliseconds.
-_CORPUS: tuple[str, ...] = (
+CORPUS: tuple[str, ...] = (
     "You are a helpful assistant.",
     "Describe the image in detail. What is in this picture?",
     "The picture shows a red circle on a white background.",
@@ -86,7 +86,7 @@ _PROCESSOR_CLASS = "Qwen2_5_VLProcessor"
 def write_tiny_vlm(out_root: Path, *, seed: int = 0) -> None:
     """Write ``text_encoder/``, ``tokenizer/`` and ``processor/`` of a tiny Qwen-Image checkpoint."""
     out_root = Path(out_root)
-    tokenizer = qwen2_tokenizer(_CORPUS, _BPE_VOCAB_SIZE)
+    tokenizer = qwen2_tokenizer(CORPUS, _BPE_VOCAB_SIZE)
     ids = special_token_ids(tokenizer)
 
     tokenizer_dir = out_root / "tokenizer"
