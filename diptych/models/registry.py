@@ -13,6 +13,7 @@ _ADAPTERS: dict[str, str] = {
     "JanusForConditionalGeneration": "diptych.models.janus_pro.adapter:JanusProAdapter",
     "QwenImagePipeline": "diptych.models.qwen_image.adapter:QwenImageAdapter",
     "QwenImageEditPipeline": "diptych.models.qwen_image.adapter:QwenImageAdapter",
+    "QwenImage21Pipeline": "diptych.models.qwen_image_21.adapter:QwenImage21Adapter",
 }
 
 

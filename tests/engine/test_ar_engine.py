@@ -11,7 +11,6 @@ import psutil
 import pytest
 import pytest_asyncio
 import torch
-from PIL import Image
 
 from diptych import compat
 from diptych.engine.ar_engine import AREngine, ARTextDelta
@@ -20,15 +19,8 @@ from diptych.models.base import ChatPrompt
 from diptych.models.qwen_image.chat import count_tokens, render_chat
 from diptych.models.qwen_image.tiny_vlm import write_tiny_vlm
 from diptych.models.qwen_image.vlm_staging import stage_for_vllm
-from diptych.types import (
-    ChatFinished,
-    ChatMessage,
-    EngineConfig,
-    ImagePart,
-    Limits,
-    SamplingOptions,
-    TextPart,
-)
+from diptych.types import ChatMessage, ImagePart, SamplingOptions, TextPart
+from tests.engine.ar_helpers import ar_config, collect, marked_image
 
 compat.install()
 
@@ -41,31 +33,6 @@ GREEDY = SamplingOptions(max_tokens=12, temperature=0.0)
 MAX_MODEL_LEN = 1024
 
 
-def _config(model_dir: Path) -> EngineConfig:
-    limits = Limits(
-        max_image_side=512,
-        max_n=1,
-        max_steps=10,
-        max_prompt_tokens=512,
-        max_output_tokens=512,
-        max_images_per_request=2,
-        queue_depth=16,
-        request_timeout_s=60.0,
-    )
-    return EngineConfig(
-        model_dir=model_dir,
-        served_name="tiny",
-        device="cpu",
-        dtype="auto",
-        cache_dir=model_dir,
-        kv_cache_gib=0.125,
-        max_model_len=MAX_MODEL_LEN,
-        max_num_seqs=8,
-        ar_startup_timeout_s=600.0,
-        limits=limits,
-    )
-
-
 @pytest.fixture(scope="module")
 def staged(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tiny_qwen_image")
@@ -75,7 +42,7 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def engine(staged: Path) -> AsyncIterator[AREngine]:
-    ar = AREngine(staged, _config(staged))
+    ar = AREngine(staged, ar_config(staged, MAX_MODEL_LEN))
     await ar.start()
     yield ar
     await ar.shutdown()
@@ -95,28 +62,6 @@ def _chat(*parts: TextPart | ImagePart) -> tuple[ChatMessage, ...]:
     return (ChatMessage("user", parts),)
 
 
-def _image(colour: tuple[int, int, int], size: tuple[int, int] = (64, 64)) -> Image.Image:
-    image = Image.new("RGB", size, colour)
-    image.paste((255 - colour[0], colour[1], 255 - colour[2]), (8, 8, size[0] // 2, size[1] // 2))
-    return image
-
-
-async def _collect(stream: AsyncIterator[Any]) -> tuple[list[int], str, ChatFinished]:
-    tokens: list[int] = []
-    text = ""
-    finished: ChatFinished | None = None
-    async for event in stream:
-        if isinstance(event, ARTextDelta):
-            assert finished is None
-            tokens.extend(event.token_ids)
-            text += event.text
-        else:
-            assert isinstance(event, ChatFinished)
-            finished = event
-    assert finished is not None
-    return tokens, text, finished
-
-
 def _transformers_greedy(reference: Any, processor: Any, prompt: ChatPrompt, max_new_tokens: int) -> tuple[list[int], int]:
     inputs = processor(text=[prompt.text], images=list(prompt.images) or None, return_tensors="pt")
     with torch.no_grad():
@@ -127,16 +72,16 @@ def _transformers_greedy(reference: Any, processor: Any, prompt: ChatPrompt, max
 @SESSION_LOOP
 async def test_greedy_tokens_equal_transformers(engine: AREngine, processor: Any, reference: Any) -> None:
     chats = [
-        _chat(ImagePart(_image((200, 30, 30))), TextPart("What is in this picture?")),
-        _chat(ImagePart(_image((30, 30, 200))), TextPart("What is in this picture?")),
-        _chat(TextPart("Compare "), ImagePart(_image((10, 200, 10), (90, 60))), TextPart(" with "),
-              ImagePart(_image((250, 250, 0)))),
+        _chat(ImagePart(marked_image((200, 30, 30))), TextPart("What is in this picture?")),
+        _chat(ImagePart(marked_image((30, 30, 200))), TextPart("What is in this picture?")),
+        _chat(TextPart("Compare "), ImagePart(marked_image((10, 200, 10), (90, 60))), TextPart(" with "),
+              ImagePart(marked_image((250, 250, 0)))),
         _chat(TextPart("Describe a red circle.")),
     ]
     results = []
     for index, messages in enumerate(chats):
         prompt = render_chat(processor, messages)
-        tokens, text, finished = await _collect(engine.generate(prompt, GREEDY, f"greedy-{index}"))
+        tokens, text, finished = await collect(engine.generate(prompt, GREEDY, f"greedy-{index}"))
         expected, prompt_len = _transformers_greedy(reference, processor, prompt, GREEDY.max_tokens)
         assert tokens == expected, f"chat {index}"
         # vLLM's incremental detokenizer drops a trailing incomplete UTF-8 sequence that a
@@ -154,14 +99,14 @@ async def test_greedy_tokens_equal_transformers(engine: AREngine, processor: Any
 @SESSION_LOOP
 async def test_concurrent_requests_all_complete(engine: AREngine, processor: Any) -> None:
     prompts = [
-        render_chat(processor, _chat(ImagePart(_image((i * 40 % 256, 90, 200 - i * 20))), TextPart(f"Image {i}?")))
+        render_chat(processor, _chat(ImagePart(marked_image((i * 40 % 256, 90, 200 - i * 20))), TextPart(f"Image {i}?")))
         for i in range(6)
     ]
-    solo = [await _collect(engine.generate(p, GREEDY, f"solo-{i}")) for i, p in enumerate(prompts)]
+    solo = [await collect(engine.generate(p, GREEDY, f"solo-{i}")) for i, p in enumerate(prompts)]
     sampled = SamplingOptions(max_tokens=16, temperature=0.9, top_p=0.9, top_k=50, seed=7)
     together = await asyncio.gather(
-        *(_collect(engine.generate(p, GREEDY, f"together-{i}")) for i, p in enumerate(prompts)),
-        *(_collect(engine.generate(prompts[0], sampled, f"sampled-{i}")) for i in range(2)),
+        *(collect(engine.generate(p, GREEDY, f"together-{i}")) for i, p in enumerate(prompts)),
+        *(collect(engine.generate(prompts[0], sampled, f"sampled-{i}")) for i in range(2)),
     )
     # Batched greedy equals alone; one seed gives one sample, whatever else is in the batch.
     assert [tokens for tokens, _, _ in together[:6]] == [tokens for tokens, _, _ in solo]
@@ -172,13 +117,13 @@ async def test_concurrent_requests_all_complete(engine: AREngine, processor: Any
 
 @SESSION_LOOP
 async def test_stop_strings_and_max_tokens(engine: AREngine, processor: Any) -> None:
-    prompt = render_chat(processor, _chat(ImagePart(_image((200, 30, 30))), TextPart("What is in this picture?")))
-    tokens, text, finished = await _collect(engine.generate(prompt, SamplingOptions(max_tokens=5, temperature=0.0), "m"))
+    prompt = render_chat(processor, _chat(ImagePart(marked_image((200, 30, 30))), TextPart("What is in this picture?")))
+    tokens, text, finished = await collect(engine.generate(prompt, SamplingOptions(max_tokens=5, temperature=0.0), "m"))
     assert (len(tokens), finished.completion_tokens, finished.finish_reason) == (5, 5, "length")
-    full_tokens, full_text, _ = await _collect(engine.generate(prompt, GREEDY, "full"))
+    full_tokens, full_text, _ = await collect(engine.generate(prompt, GREEDY, "full"))
     stop = full_text[len(full_text) // 2 :][:3]
     assert stop.strip(), "need a printable stop string"
-    _, stopped_text, stopped = await _collect(
+    _, stopped_text, stopped = await collect(
         engine.generate(prompt, SamplingOptions(max_tokens=12, temperature=0.0, stop=(stop,)), "stop")
     )
     assert stopped.finish_reason == "stop"
@@ -187,7 +132,7 @@ async def test_stop_strings_and_max_tokens(engine: AREngine, processor: Any) -> 
 
 @SESSION_LOOP
 async def test_closing_a_stream_aborts_the_request(engine: AREngine, processor: Any) -> None:
-    prompt = render_chat(processor, _chat(ImagePart(_image((30, 200, 30))), TextPart("Tell me everything.")))
+    prompt = render_chat(processor, _chat(ImagePart(marked_image((30, 200, 30))), TextPart("Tell me everything.")))
     long = SamplingOptions(max_tokens=MAX_MODEL_LEN // 2, temperature=0.0)
     stream = engine.generate(prompt, long, "to-abort")
     received = 0
@@ -200,7 +145,7 @@ async def test_closing_a_stream_aborts_the_request(engine: AREngine, processor: 
     assert engine.num_unfinished_requests() == 0
     # The engine core must have dropped it too: after a short request finishes, its
     # scheduler reports nothing running or waiting (the long one had ~500 tokens to go).
-    await _collect(engine.generate(prompt, SamplingOptions(max_tokens=2, temperature=0.0), "after-abort"))
+    await collect(engine.generate(prompt, SamplingOptions(max_tokens=2, temperature=0.0), "after-abort"))
     load = engine.scheduler_load
     assert (load.running, load.waiting) == (0, 0)
     assert engine.is_healthy()
@@ -210,16 +155,16 @@ async def test_closing_a_stream_aborts_the_request(engine: AREngine, processor: 
 async def test_prompt_longer_than_the_model_is_invalid(engine: AREngine, processor: Any) -> None:
     prompt = render_chat(processor, _chat(TextPart("red " * MAX_MODEL_LEN)))
     with pytest.raises(InvalidRequestError):
-        await _collect(engine.generate(prompt, GREEDY, "too-long"))
+        await collect(engine.generate(prompt, GREEDY, "too-long"))
     assert engine.is_healthy()
 
 
 @SESSION_LOOP
 async def test_unstarted_engine_is_unavailable(staged: Path) -> None:
-    ar = AREngine(staged, _config(staged))
+    ar = AREngine(staged, ar_config(staged, MAX_MODEL_LEN))
     assert ar.health_state == "starting" and not ar.is_healthy()
     with pytest.raises(EngineUnavailableError):
-        await _collect(ar.generate(ChatPrompt(text="hi", images=()), GREEDY, "nope"))
+        await collect(ar.generate(ChatPrompt(text="hi", images=()), GREEDY, "nope"))
 
 
 @pytest.mark.slow  # starts a second engine, kills its core and waits for the rebuild (~90 s)
@@ -232,7 +177,7 @@ async def test_a_dead_engine_core_fails_its_requests_and_is_rebuilt(staged: Path
     def cores() -> list[psutil.Process]:
         return [p for p in me.children(recursive=True) if p.pid not in before and "EngineCore" in p.name()]
 
-    ar = AREngine(staged, _config(staged), enforce_eager=True)
+    ar = AREngine(staged, ar_config(staged, MAX_MODEL_LEN), enforce_eager=True)
     await ar.start()
     try:
         (core,) = cores()
@@ -243,10 +188,10 @@ async def test_a_dead_engine_core_fails_its_requests_and_is_rebuilt(staged: Path
         core.kill()
         with pytest.raises(EngineUnavailableError):
             # A stream open at the death fails at once; it does not hang.
-            await asyncio.wait_for(_collect(in_flight), 5)
+            await asyncio.wait_for(collect(in_flight), 5)
         assert ar.health_state == "restarting" and not ar.is_healthy()
         with pytest.raises(EngineUnavailableError):
-            await _collect(ar.generate(prompt, GREEDY, "meanwhile"))
+            await collect(ar.generate(prompt, GREEDY, "meanwhile"))
         for _ in range(3000):
             if ar.health_state == "ok":
                 break
@@ -254,7 +199,7 @@ async def test_a_dead_engine_core_fails_its_requests_and_is_rebuilt(staged: Path
         assert ar.health_state == "ok" and ar.restarts == 1
         (new_core,) = cores()
         assert new_core.pid != core.pid
-        tokens, _, finished = await _collect(ar.generate(prompt, GREEDY, "after"))
+        tokens, _, finished = await collect(ar.generate(prompt, GREEDY, "after"))
         assert finished.completion_tokens == len(tokens) > 0
     finally:
         await ar.shutdown()

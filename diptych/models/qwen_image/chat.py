@@ -17,10 +17,14 @@ from diptych.types import ChatMessage
 _IMAGE_PAD = "<|image_pad|>"
 
 
-def render_chat(processor_or_tokenizer: Any, messages: tuple[ChatMessage, ...]) -> ChatPrompt:
-    """The chat template applied to ``messages``, with the assistant header appended."""
-    # A checkpoint whose tokenizer has no template (Qwen-Image text-to-image) gets Qwen2.5-VL's.
-    template = None if getattr(processor_or_tokenizer, "chat_template", None) else CHAT_TEMPLATE
+def render_chat(processor_or_tokenizer: Any, messages: tuple[ChatMessage, ...],
+                fallback_template: str = CHAT_TEMPLATE) -> ChatPrompt:
+    """The chat template applied to ``messages``, with the assistant header appended.
+
+    A processor or tokenizer without a template of its own (Qwen-Image text-to-image) gets
+    ``fallback_template``: Qwen2.5-VL's unless the caller names its model's.
+    """
+    template = None if getattr(processor_or_tokenizer, "chat_template", None) else fallback_template
     return apply_chat_template(processor_or_tokenizer, messages, _IMAGE_PAD, template)
 
 

@@ -10,17 +10,11 @@ template), derived from the text encoder's own config.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from diptych.models.qwen_image.chat_template import CHAT_TEMPLATE
-
-logger = logging.getLogger(__name__)
+from diptych.models.staging import files_of, publish
 
 # Qwen2.5-VL's published image preprocessing (CLIP statistics, 4 to 16384 merged tokens).
 _DEFAULT_MIN_PIXELS = 56 * 56
@@ -32,49 +26,16 @@ _CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 def stage_for_vllm(model_dir: Path, staging_root: Path) -> Path:
     """Return a directory vLLM can load for the checkpoint's VLM; idempotent and safe to race."""
     model_dir = Path(model_dir).resolve()
-    text_encoder = model_dir / "text_encoder"
-    if not (text_encoder / "config.json").is_file():
+    if not (model_dir / "text_encoder" / "config.json").is_file():
         raise ValueError(f"{model_dir} has no text_encoder/config.json: not a Qwen-Image checkpoint")
     links, generated = _plan(model_dir)
-
-    # One directory per checkpoint path; a changed plan (the checkpoint changed) is rebuilt.
-    digest = hashlib.sha256(str(model_dir).encode()).hexdigest()[:12]
-    target = Path(staging_root) / f"{model_dir.name}-vlm-{digest}"
-    if _matches(target, links, generated):
-        return target
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        for name, source in links.items():
-            (scratch / name).symlink_to(source)
-        for name, content in generated.items():
-            (scratch / name).write_text(content)
-        if target.exists():
-            shutil.rmtree(target)
-        try:
-            # Atomic publish: a concurrent stager either sees nothing or a complete directory.
-            os.rename(scratch, target)
-        except OSError:
-            if not _matches(target, links, generated):
-                raise
-    finally:
-        if scratch.exists():
-            shutil.rmtree(scratch)
-    logger.info("staged %s for vLLM at %s (%d links)", model_dir, target, len(links))
-    return target
+    return publish(model_dir, staging_root, links, generated)
 
 
 def _plan(model_dir: Path) -> tuple[dict[str, Path], dict[str, str]]:
     """File name → symlink source, and file name → generated text, for the staged directory."""
-    links: dict[str, Path] = {}
     # Later folders win: processor/ carries the tokenizer too, plus the preprocessor configs.
-    for folder in ("tokenizer", "processor", "text_encoder"):
-        directory = model_dir / folder
-        if directory.is_dir():
-            for path in sorted(directory.iterdir()):
-                if path.is_file():
-                    links[path.name] = path
+    links = files_of(model_dir, ("tokenizer", "processor", "text_encoder"))
     generated: dict[str, str] = {}
     if "preprocessor_config.json" not in links:
         generated["preprocessor_config.json"] = _default_preprocessor_config(model_dir / "text_encoder" / "config.json")
@@ -104,17 +65,3 @@ def _tokenizer_has_template(tokenizer_config: Path | None) -> bool:
     if tokenizer_config is None:
         return False
     return bool(json.loads(tokenizer_config.read_text()).get("chat_template"))
-
-
-def _matches(target: Path, links: dict[str, Path], generated: dict[str, str]) -> bool:
-    """Whether ``target`` already holds exactly the planned links and files."""
-    if not target.is_dir():
-        return False
-    present = {path.name for path in target.iterdir()}
-    if present != set(links) | set(generated):
-        return False
-    for name, source in links.items():
-        path = target / name
-        if not path.is_symlink() or Path(os.readlink(path)) != source:
-            return False
-    return all((target / name).read_text() == content for name, content in generated.items())

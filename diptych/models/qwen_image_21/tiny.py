@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from diptych.models.qwen_image.tiny import SCHEDULER_CONFIG
+from diptych.models.qwen_image_21.adapter import OUTPUT_RESOLUTION_KEY
 from diptych.models.qwen_image.tiny_vlm import CORPUS, qwen2_tokenizer
 from diptych.models.qwen_image_21.chat_template import CHAT_TEMPLATE, QWEN3_EXTRA_TOKENS, SPECIAL_TOKENS
 from diptych.models.tiny_tokenizer import token_ids
@@ -31,7 +32,6 @@ logger = logging.getLogger(__name__)
 # The side (pixels) a tiny checkpoint generates at and resizes references to: 4 latent cells
 # of 16 px a side, 2 x 2 merged vision tokens of 32 px.
 OUTPUT_RESOLUTION = 64
-OUTPUT_RESOLUTION_KEY = "_diptych_output_resolution"
 
 _BPE_VOCAB_SIZE = 1024
 
