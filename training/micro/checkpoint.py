@@ -19,12 +19,13 @@ from typing import Any
 
 import torch
 
-from training.micro.tokenizer import build_tokenizer
 from diptych.models.qwen_image.adapter import GUIDANCE_SCALE_KEY, IMAGE_SIDE_KEY
 from diptych.models.qwen_image.chat_template import CHAT_TEMPLATE
 from diptych.models.qwen_image.source import SOURCE_AREA_KEY
 from diptych.models.qwen_image.tiny import SCHEDULER_CONFIG, text_hidden_size
 from diptych.models.qwen_image.tiny_vlm import special_token_ids
+from diptych.models.tiny_files import write_json
+from training.micro.tokenizer import build_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -192,8 +193,8 @@ def _write_processor(processor_dir: Path, tokenizer: Any, arch: Architecture) ->
         "do_resize": True, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
         "do_convert_rgb": True, "resample": 3, "processor_class": "Qwen2_5_VLProcessor",
     }
-    _write_json(processor_dir / "preprocessor_config.json", {**shared, "image_processor_type": "Qwen2VLImageProcessor"})
-    _write_json(processor_dir / "video_preprocessor_config.json",
+    write_json(processor_dir / "preprocessor_config.json", {**shared, "image_processor_type": "Qwen2VLImageProcessor"})
+    write_json(processor_dir / "video_preprocessor_config.json",
                 {**shared, "video_processor_type": "Qwen2VLVideoProcessor", "fps": 2.0, "do_sample_frames": False})
     (processor_dir / "chat_template.jinja").write_text(CHAT_TEMPLATE)
 
@@ -213,12 +214,8 @@ def _write_model_index(out: Path) -> None:
         "transformer": ["diffusers", "QwenImageTransformer2DModel"],
         "vae": ["diffusers", "AutoencoderKLQwenImage"],
     }
-    _write_json(out / "model_index.json", index)
+    write_json(out / "model_index.json", index)
 
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def module_parameters(module: torch.nn.Module) -> int:

@@ -14,7 +14,6 @@ weights under ``vision_tower.vision_model.`` (transformers 5.19 saves them witho
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from diptych.models.tiny_files import write_json
 from diptych.models.tiny_tokenizer import token_ids, train_byte_level_bpe
 
 logger = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def write_tiny_gemma3(out_dir: Path, seed: int = 0) -> Path:
     _prefix_vision_weights(out_dir)
     tokenizer.save_pretrained(out_dir)
     (out_dir / "chat_template.jinja").write_text(CHAT_TEMPLATE)
-    _write_json(
+    write_json(
         out_dir / "preprocessor_config.json",
         {
             "image_processor_type": "Gemma3ImageProcessor",
@@ -133,11 +133,11 @@ def write_tiny_gemma3(out_dir: Path, seed: int = 0) -> Path:
             "resample": 2,
         },
     )
-    _write_json(
+    write_json(
         out_dir / "processor_config.json",
         {"processor_class": "Gemma3Processor", "image_seq_length": MM_TOKENS_PER_IMAGE},
     )
-    _write_json(
+    write_json(
         out_dir / "generation_config.json",
         {
             "bos_token_id": ids["<bos>"],
@@ -302,8 +302,3 @@ def _vllm_name(name: str) -> str:
     if not marker or head not in ("", "model.") or tail.startswith("vision_model."):
         return name
     return f"{head}vision_tower.vision_model.{tail}"
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

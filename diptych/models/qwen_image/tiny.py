@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from diptych.models.qwen_image.tiny_vlm import write_tiny_vlm
+from diptych.models.tiny_files import redraw_linear
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ def _write_checkpoint(
             joint_attention_dim=text_width,
         )
         if init_std is not None:
-            _redraw_linear(transformer, init_std)
+            redraw_linear(transformer, init_std)
     vae.save_pretrained(out_dir / "vae")
     transformer.save_pretrained(out_dir / "transformer")
     FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG).save_pretrained(out_dir / "scheduler")
@@ -143,14 +144,6 @@ def _write_checkpoint(
     logger.info("wrote tiny %s checkpoint (seed %d) to %s", "Qwen-Image-Edit" if edit else "Qwen-Image", seed, out_dir)
     return out_dir
 
-
-@torch.no_grad()
-def _redraw_linear(module: torch.nn.Module, std: float) -> None:
-    for layer in module.modules():
-        if isinstance(layer, torch.nn.Linear):
-            layer.weight.normal_(0.0, std)
-            if layer.bias is not None:
-                layer.bias.normal_(0.0, std)
 
 
 def text_hidden_size(text_encoder_dir: Path) -> int:

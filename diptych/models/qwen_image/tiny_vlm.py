@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from diptych.models.qwen_image.chat_template import CHAT_TEMPLATE, IMAGE_PLACEHOLDER, SPECIAL_TOKENS
+from diptych.models.tiny_files import write_json
 from diptych.models.tiny_tokenizer import QWEN2_PRETOKENIZE_REGEX, token_ids, train_byte_level_bpe
 
 logger = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def write_tiny_vlm(out_root: Path, *, seed: int = 0) -> None:
     _check_reacts_to_image(model, tokenizer, ids)
     text_encoder_dir = out_root / "text_encoder"
     model.save_pretrained(text_encoder_dir)
-    _write_json(
+    write_json(
         text_encoder_dir / "generation_config.json",
         {
             "bos_token_id": ids["<|endoftext|>"],
@@ -164,8 +165,8 @@ def _write_processor(processor_dir: Path, tokenizer: Any) -> None:
     }
     # The public class names: with torchvision installed they resolve to the torchvision
     # processors, without it diptych.compat routes them to PIL-based equivalents.
-    _write_json(processor_dir / "preprocessor_config.json", {**shared, "image_processor_type": "Qwen2VLImageProcessor"})
-    _write_json(
+    write_json(processor_dir / "preprocessor_config.json", {**shared, "image_processor_type": "Qwen2VLImageProcessor"})
+    write_json(
         processor_dir / "video_preprocessor_config.json",
         {**shared, "video_processor_type": "Qwen2VLVideoProcessor", "fps": 2.0, "do_sample_frames": False},
     )
@@ -175,16 +176,26 @@ def _write_processor(processor_dir: Path, tokenizer: Any) -> None:
 def _build_model(*, vocab_size: int, ids: dict[str, int], seed: int) -> Any:
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
+    return build_qwen_vl(Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, text=_TEXT, vision=_VISION,
+                         vocab_size=vocab_size, ids=ids, seed=seed, initializer_range=_INITIALIZER_RANGE)
+
+
+def build_qwen_vl(config_class: Any, model_class: Any, *, text: dict[str, Any], vision: dict[str, Any],
+                  vocab_size: int, ids: dict[str, int], seed: int, initializer_range: float) -> Any:
+    """A random Qwen-VL (2.5 or 3) of ``model_class``, its special-token ids those of our tokenizer.
+
+    The configs' defaults are the real vocabulary's ids (151655 …); every one is taken from ``ids``.
+    """
     text_config = {
-        **_TEXT,
+        **text,
         "vocab_size": vocab_size,
-        "initializer_range": _INITIALIZER_RANGE,
+        "initializer_range": initializer_range,
         "bos_token_id": ids["<|endoftext|>"],
         "eos_token_id": ids["<|im_end|>"],
         "pad_token_id": ids["<|endoftext|>"],
     }
-    vision_config = {**_VISION, "out_hidden_size": _TEXT["hidden_size"], "initializer_range": _INITIALIZER_RANGE}
-    config = Qwen2_5_VLConfig(
+    vision_config = {**vision, "out_hidden_size": text["hidden_size"], "initializer_range": initializer_range}
+    config = config_class(
         text_config=text_config,
         vision_config=vision_config,
         image_token_id=ids["<|image_pad|>"],
@@ -194,11 +205,11 @@ def _build_model(*, vocab_size: int, ids: dict[str, int], seed: int) -> Any:
         tie_word_embeddings=False,
         dtype="float32",
     )
-    config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
+    config.architectures = [model_class.__name__]
     # fork_rng: seeding must not disturb the caller's global random stream.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration(config)
+        model = model_class(config)
     return model.eval()
 
 
@@ -237,8 +248,3 @@ def _check_reacts_to_image(model: Any, tokenizer: Any, ids: dict[str, int]) -> N
         outputs.append(generated[0, input_ids.shape[1] :].tolist())
     if outputs[0] == outputs[1]:
         raise RuntimeError(f"tiny VLM is degenerate: the same greedy tokens {outputs[0]} for two different images")
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

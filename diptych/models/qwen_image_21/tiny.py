@@ -14,7 +14,6 @@ with ``_``), so callers of the diffusers pipeline pass ``output_resolution`` the
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -22,9 +21,10 @@ from typing import Any
 import torch
 
 from diptych.models.qwen_image.tiny import SCHEDULER_CONFIG
+from diptych.models.qwen_image.tiny_vlm import CORPUS, build_qwen_vl, qwen2_tokenizer
 from diptych.models.qwen_image_21.adapter import OUTPUT_RESOLUTION_KEY
-from diptych.models.qwen_image.tiny_vlm import CORPUS, qwen2_tokenizer
 from diptych.models.qwen_image_21.chat_template import CHAT_TEMPLATE, QWEN3_EXTRA_TOKENS, SPECIAL_TOKENS
+from diptych.models.tiny_files import redraw_linear, write_json
 from diptych.models.tiny_tokenizer import token_ids
 
 logger = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def write_tiny_qwen_image_21(out_dir: Path, seed: int = 0) -> Path:
         transformer = QwenImage21Transformer2DModel(
             **_TRANSFORMER, in_channels=z_dim, out_channels=z_dim, context_in_dim=_TEXT["hidden_size"]
         )
-        _redraw_linear(transformer, _TRANSFORMER_INIT_STD)
+        redraw_linear(transformer, _TRANSFORMER_INIT_STD)
     vae.save_pretrained(out_dir / "vae")
     transformer.save_pretrained(out_dir / "transformer")
     FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG).save_pretrained(out_dir / "scheduler")
@@ -174,8 +174,8 @@ def _write_processor(processor_dir: Path, tokenizer: Any) -> None:
         "processor_class": "Qwen3VLProcessor",
     }
     # Public class names; without torchvision diptych.compat resolves them to working classes.
-    _write_json(processor_dir / "preprocessor_config.json", {**shared, "image_processor_type": "Qwen2VLImageProcessor"})
-    _write_json(
+    write_json(processor_dir / "preprocessor_config.json", {**shared, "image_processor_type": "Qwen2VLImageProcessor"})
+    write_json(
         processor_dir / "video_preprocessor_config.json",
         {**shared, "video_processor_type": "Qwen3VLVideoProcessor", "fps": 2, "do_sample_frames": True,
          "min_frames": 4, "max_frames": 768},
@@ -186,40 +186,9 @@ def _write_processor(processor_dir: Path, tokenizer: Any) -> None:
 def _build_text_encoder(*, vocab_size: int, ids: dict[str, int], seed: int) -> Any:
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
-    text_config = {
-        **_TEXT,
-        "vocab_size": vocab_size,
-        "initializer_range": _INITIALIZER_RANGE,
-        "bos_token_id": ids["<|endoftext|>"],
-        "eos_token_id": ids["<|im_end|>"],
-        "pad_token_id": ids["<|endoftext|>"],
-    }
-    vision_config = {**_VISION, "out_hidden_size": _TEXT["hidden_size"], "initializer_range": _INITIALIZER_RANGE}
-    config = Qwen3VLConfig(
-        text_config=text_config,
-        vision_config=vision_config,
-        # The defaults are the real vocabulary's ids (151655 …): take ours from the tokenizer.
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
-        dtype="float32",
-    )
-    config.architectures = ["Qwen3VLForConditionalGeneration"]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Qwen3VLForConditionalGeneration(config)
-    return model.eval()
+    return build_qwen_vl(Qwen3VLConfig, Qwen3VLForConditionalGeneration, text=_TEXT, vision=_VISION,
+                         vocab_size=vocab_size, ids=ids, seed=seed, initializer_range=_INITIALIZER_RANGE)
 
-
-@torch.no_grad()
-def _redraw_linear(module: torch.nn.Module, std: float) -> None:
-    for layer in module.modules():
-        if isinstance(layer, torch.nn.Linear):
-            layer.weight.normal_(0.0, std)
-            if layer.bias is not None:
-                layer.bias.normal_(0.0, std)
 
 
 def _write_model_index(out_dir: Path) -> None:
@@ -231,9 +200,4 @@ def _write_model_index(out_dir: Path) -> None:
         OUTPUT_RESOLUTION_KEY: OUTPUT_RESOLUTION,
         **_PIPELINE_COMPONENTS,
     }
-    _write_json(out_dir / "model_index.json", index)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    write_json(out_dir / "model_index.json", index)
