@@ -11,7 +11,7 @@ import openai
 import pytest
 from PIL import Image
 
-from diptych.bench.server_process import ServerProcess, serving
+from diptych.bench.server_process import serving
 from tests.conftest import TinyCheckpoint
 
 MODEL = "tiny-qwen-image-2.1"

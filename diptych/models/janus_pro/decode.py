@@ -8,7 +8,6 @@ exactly as transformers' ``decode_image_tokens`` and ``JanusProcessor.postproces
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
