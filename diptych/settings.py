@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     max_prompt_tokens: int = Field(default=2048, ge=8, description="Prompt tokens, images counted at their size.")
     max_output_tokens: int = Field(default=1024, ge=1, description="Completion tokens per chat request.")
     max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, description="Largest request body (413 past it).")
-    max_images_per_request: int = Field(default=4, ge=1, description="Input images per request.")
+    max_images_per_request: int = Field(default=10, ge=1, description="Input images per request.")
     queue_depth: int = Field(default=64, ge=1, description="Requests admitted but not finished, per engine.")
     request_timeout_s: float = Field(default=300.0, gt=0, description="Per-request deadline, in seconds (504 past it).")
     shutdown_timeout_s: float = Field(

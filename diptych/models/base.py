@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +23,24 @@ class Capabilities:
     default_size: tuple[int, int] = (256, 256)
     max_source_images: int = 1
     supports_mask: bool = False
+    # References keep their alpha channel (the family's VAE encodes RGBA); otherwise they are
+    # composited onto white.
+    reference_alpha: bool = False
+    # A checkpoint's working side: references are resized to about its square, and an edit that
+    # names no size is drawn at that area with its last reference's aspect. None: not used.
+    output_resolution: int | None = None
     default_steps: int = 20
     default_guidance_scale: float = 4.0
 
     def names(self) -> tuple[str, ...]:
         return tuple(n for n in ("understand", "generate", "edit") if getattr(self, n))
+
+
+def area_size(width: int, height: int, side: int, multiple: int) -> tuple[int, int]:
+    """(width, height) of about ``side``² pixels in the aspect of ``width``:``height``, each rounded to ``multiple``."""
+    ratio = width / height
+    new_width = math.sqrt(side * side * ratio)
+    return round(new_width / multiple) * multiple, round(new_width / ratio / multiple) * multiple
 
 
 @dataclass(frozen=True)

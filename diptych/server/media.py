@@ -128,6 +128,9 @@ def encode_image(image: Image.Image, fmt: str, compression: int | None) -> str:
     if fmt == "png":
         image.save(buffer, format="PNG")
     else:
+        if fmt == "jpeg" and image.mode == "RGBA":
+            # JPEG has no alpha: composite onto white, as references without alpha are.
+            image = Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image).convert("RGB")
         # OpenAI's output_compression is a compression level; PIL wants a quality.
         quality = 100 - compression if compression is not None else 95
         image.save(buffer, format="JPEG" if fmt == "jpeg" else "WEBP", quality=max(1, quality))

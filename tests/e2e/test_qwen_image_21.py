@@ -1,4 +1,4 @@
-"""Qwen-Image 2.1 end to end (understanding only, so far): a real server on the tiny checkpoint, the openai SDK."""
+"""Qwen-Image 2.1 end to end: a real server on the tiny checkpoint, the openai SDK, diffusers as the reference."""
 
 from __future__ import annotations
 
@@ -6,41 +6,81 @@ import base64
 import io
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
+import numpy as np
 import openai
 import pytest
+import torch
 from PIL import Image
 
-from diptych.bench.server_process import serving
+from diptych import compat
+from diptych.bench.server_process import ServerProcess, serving
+from diptych.models.qwen_image_21.tiny import OUTPUT_RESOLUTION
 from tests.conftest import TinyCheckpoint
+
+compat.install()
+
+from diffusers import QwenImage21Pipeline  # noqa: E402  (after compat.install)
 
 MODEL = "tiny-qwen-image-2.1"
 
 
 @pytest.fixture(scope="module")
-def client(tiny_checkpoint: TinyCheckpoint, tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
+def server(tiny_checkpoint: TinyCheckpoint, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     checkpoint: Path = tiny_checkpoint("qwen-image-2.1")
     with serving(checkpoint, tmp_path_factory.mktemp("qi21-server"), "--served-model-name", MODEL) as process:
-        yield openai.OpenAI(base_url=f"{process.base_url}/v1", api_key="unused", max_retries=0, timeout=300)
+        yield process
 
 
-def _png(colour: tuple[int, int, int]) -> bytes:
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_checkpoint: TinyCheckpoint) -> Any:
+    pipeline = QwenImage21Pipeline.from_pretrained(tiny_checkpoint("qwen-image-2.1"))
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def _png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
-    Image.new("RGB", (64, 48), colour).save(buffer, format="PNG")
+    image.save(buffer, format="PNG")
     return buffer.getvalue()
 
 
-def test_models_lists_understanding_only(client: openai.OpenAI) -> None:
+def _solid(colour: tuple[int, ...], size: tuple[int, int] = (64, 48)) -> Image.Image:
+    return Image.new("RGBA" if len(colour) == 4 else "RGB", size, colour)
+
+
+def _decode(b64: str | None) -> Image.Image:
+    assert b64 is not None
+    return Image.open(io.BytesIO(base64.b64decode(b64)))
+
+
+def _assert_close(ours: Image.Image, reference: Image.Image) -> None:
+    assert (ours.mode, ours.size) == (reference.mode, reference.size)
+    difference = np.abs(np.asarray(ours, dtype=np.int16) - np.asarray(reference, dtype=np.int16))
+    assert difference.max() <= 1, f"max pixel difference {difference.max()}"
+
+
+def test_models_lists_every_task_and_the_reference_rules(client: openai.OpenAI) -> None:
     (model,) = client.models.list().data
     extra = model.model_extra or {}
     assert model.id == MODEL and extra["family"] == "qwen-image-2.1"
-    assert extra["capabilities"]["tasks"] == ["understand"]
+    caps = extra["capabilities"]
+    assert caps["tasks"] == ["understand", "generate", "edit"]
+    assert caps["max_source_images"] == 10 and caps["output_resolution"] == OUTPUT_RESOLUTION
+    assert caps["reference_alpha"] is True and caps["image_size_multiple"] == 32
 
 
 def test_chat_with_an_image(client: openai.OpenAI) -> None:
     answers = []
     for colour in ((220, 20, 20), (20, 20, 220)):
-        url = "data:image/png;base64," + base64.b64encode(_png(colour)).decode()
+        url = "data:image/png;base64," + base64.b64encode(_png(_solid(colour))).decode()
         completion = client.chat.completions.create(
             model=MODEL,
             messages=[{"role": "user", "content": [  # type: ignore[list-item]
@@ -55,10 +95,54 @@ def test_chat_with_an_image(client: openai.OpenAI) -> None:
     assert answers[0] != answers[1]
 
 
-def test_generate_and_edit_are_refused_naming_the_capability(client: openai.OpenAI) -> None:
-    with pytest.raises(openai.BadRequestError) as info:
-        client.images.generate(model=MODEL, prompt="a red circle", size="64x64")
-    assert "'generate' capability" in str(info.value)
-    with pytest.raises(openai.BadRequestError) as info:
-        client.images.edit(model=MODEL, image=("in.png", _png((0, 0, 0)), "image/png"), prompt="make it red")
-    assert "'edit' capability" in str(info.value)
+def test_generated_image_equals_the_pipeline(client: openai.OpenAI, pipe: Any) -> None:
+    result = client.images.generate(
+        model=MODEL, prompt="a red circle", size="64x96",  # type: ignore[arg-type]
+        extra_body={"seed": 5, "num_inference_steps": 3, "guidance_scale": 3.0, "negative_prompt": "blurry"},
+    )
+    assert result.data is not None
+    reference = pipe("a red circle", height=96, width=64, num_inference_steps=3, true_cfg_scale=3.0,
+                     negative_prompt="blurry", generator=torch.Generator().manual_seed(5),
+                     output_resolution=OUTPUT_RESOLUTION).images[0]
+    _assert_close(_decode(result.data[0].b64_json), reference)
+
+
+def test_edit_with_two_references_equals_the_pipeline_streamed_or_not(client: openai.OpenAI, pipe: Any) -> None:
+    wide, see_through = _solid((20, 200, 40), (96, 64)), _solid((220, 30, 30, 128), (128, 32))
+    images = [("wide.png", _png(wide), "image/png"), ("alpha.png", _png(see_through), "image/png")]
+    options = {"seed": 7, "num_inference_steps": 4, "guidance_scale": 2.5}
+    # No size: the pipeline's rule, output_resolution² in the last reference's aspect (128x32 here).
+    plain = client.images.edit(model=MODEL, image=images, prompt="put them side by side", extra_body=options)
+    assert plain.data is not None
+    reference = pipe("put them side by side", image=[wide, see_through], num_inference_steps=4, true_cfg_scale=2.5,
+                     negative_prompt=" ", generator=torch.Generator().manual_seed(7),
+                     output_resolution=OUTPUT_RESOLUTION).images[0]
+    ours = _decode(plain.data[0].b64_json)
+    assert ours.size == (128, 32)
+    _assert_close(ours, reference)
+
+    stream = client.images.edit(model=MODEL, image=images, prompt="put them side by side", stream=True,
+                                partial_images=1, extra_body=options)  # type: ignore[call-overload]
+    events = list(stream)
+    assert [e.type for e in events] == ["image_edit.partial_image", "image_edit.completed"]
+    assert np.array_equal(np.asarray(_decode(events[-1].b64_json)), np.asarray(ours))
+
+
+@pytest.mark.parametrize(
+    ("fields", "files", "param"),
+    [
+        ({"prompt": "x"}, [("image[]", ("a.png", _png(_solid((0, 0, 0))), "image/png"))] * 11, "image"),
+        ({"prompt": "x"}, [("image[]", ("a.png", b"not an image", "image/png"))], "image"),
+        ({"prompt": "x", "size": "80x64"}, [("image", ("a.png", _png(_solid((0, 0, 0))), "image/png"))], "size"),
+        ({"prompt": "x", "n": "0"}, [("image", ("a.png", _png(_solid((0, 0, 0))), "image/png"))], "n"),
+    ],
+    ids=["too-many-references", "undecodable", "size", "n"],
+)
+def test_bad_edits_get_a_400_naming_the_field(
+    server: ServerProcess, fields: dict[str, str], files: list[Any], param: str
+) -> None:
+    response = httpx.post(f"{server.base_url}/v1/images/edits", data={"model": MODEL, **fields}, files=files,
+                          timeout=60)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+    assert httpx.get(f"{server.base_url}/health", timeout=10).status_code == 200

@@ -69,14 +69,22 @@ def resolution_shift(image_seq_len: int, config: ShiftConfig) -> float:
     return image_seq_len * slope + intercept
 
 
-def flow_schedule(num_steps: int, image_seq_len: int, config: ShiftConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def flow_schedule(
+    num_steps: int, image_seq_len: int, config: ShiftConfig, base_sigmas: np.ndarray | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sigmas (``num_steps + 1`` values, ending at 0) and timesteps (``num_steps`` values) of one request.
 
-    Computed in numpy float32 as the scheduler does, so the values match it exactly.
+    ``base_sigmas``: the unshifted grid a checkpoint declares (a pipeline's ``sample_sigmas``);
+    by default the pipelines' ``linspace(1, 1/num_steps, num_steps)``. Computed in numpy float32
+    as the scheduler does, so the values match it exactly.
     """
     if num_steps < 1:
         raise ValueError(f"num_inference_steps must be >= 1, got {num_steps}")
-    sigmas = np.linspace(1.0, 1 / num_steps, num_steps).astype(np.float32)
+    if base_sigmas is None:
+        base_sigmas = np.linspace(1.0, 1 / num_steps, num_steps)
+    elif len(base_sigmas) != num_steps:
+        raise ValueError(f"the declared schedule has {len(base_sigmas)} steps, not {num_steps}")
+    sigmas = np.asarray(base_sigmas).astype(np.float32)
     if config.use_dynamic_shifting:
         mu = resolution_shift(image_seq_len, config)
         if config.time_shift_type == "exponential":

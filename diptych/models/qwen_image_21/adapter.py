@@ -2,9 +2,8 @@
 
 The Qwen3-VL in ``text_encoder/`` (with its processor in ``processor/``) answers questions,
 served by vLLM's own Qwen3-VL from a staged directory (``vlm_staging.py``). Generation and
-editing run in the flow worker, which this family does not have yet: it declares only
-``understand``, so the orchestrator never starts a flow worker for it and image requests get
-the missing-capability 400.
+editing with up to :data:`MAX_REFERENCES` reference images run in the flow worker
+(``flow.py``), which loads the Qwen3-VL again to encode prompts.
 """
 
 from __future__ import annotations
@@ -26,6 +25,8 @@ OUTPUT_RESOLUTION_KEY = "_diptych_output_resolution"
 DEFAULT_OUTPUT_RESOLUTION = 1024
 # The pipeline rounds sizes to 32 px (16x VAE, 2x2 patches).
 _SIZE_MULTIPLE = 32
+# Reference images an edit takes, as Qwen-Image 2.1 is documented to.
+MAX_REFERENCES = 10
 
 
 class QwenImage21Adapter:
@@ -41,8 +42,22 @@ class QwenImage21Adapter:
         self._staged: Path | None = None
 
     def capabilities(self) -> Capabilities:
-        # Understanding only until the flow runner exists (issue "Qwen-Image 2.1", part 3).
-        return Capabilities(understand=True, generate=False, edit=False)
+        side = self.output_resolution
+        return Capabilities(
+            understand=True,
+            generate=True,
+            edit=True,
+            min_side=_SIZE_MULTIPLE,
+            max_side=2 * side,
+            size_multiple=_SIZE_MULTIPLE,
+            default_size=(side, side),
+            max_source_images=MAX_REFERENCES,
+            supports_mask=False,
+            reference_alpha=True,
+            output_resolution=side,
+            default_steps=20,
+            default_guidance_scale=4.0,
+        )
 
     def prepare_ar_model(self, staging_root: Path) -> Path:
         from diptych.models.qwen_image_21.vlm_staging import stage_for_vllm
@@ -77,12 +92,23 @@ class QwenImage21Adapter:
         return config.get("dtype") or config.get("torch_dtype") or text.get("dtype") or text.get("torch_dtype")
 
     def build_flow_runner(self, device: str, dtype: str) -> FlowRunner[Any]:
-        # Never called: capabilities() declares neither generate nor edit, so no flow worker starts.
-        raise NotImplementedError(f"{self.family} has no flow runner yet: {self.model_dir} serves understanding only")
+        import torch
+
+        from diptych.models.qwen_image_21.flow import QwenImage21FlowRunner
+
+        return QwenImage21FlowRunner(self.model_dir, device, dtype=getattr(torch, dtype),
+                                     output_resolution=self.output_resolution, max_references=MAX_REFERENCES)
 
     def weight_files(self) -> Mapping[str, tuple[WeightFiles, ...]]:
-        # vLLM serves the Qwen3-VL of text_encoder/ (staged); no flow worker yet.
-        return {"ar": (WeightFiles("text_encoder", safetensors_in(self.model_dir / "text_encoder")),)}
+        def component(name: str) -> WeightFiles:
+            return WeightFiles(name, safetensors_in(self.model_dir / name))
+
+        # vLLM serves the Qwen3-VL of text_encoder/ (staged); the flow worker loads it again to
+        # encode prompts, next to the transformer and the VAE.
+        return {
+            "ar": (component("text_encoder"),),
+            "flow": tuple(component(name) for name in ("transformer", "vae", "text_encoder")),
+        }
 
 
 def _declared_resolution(index: dict[str, Any], model_dir: Path) -> int:

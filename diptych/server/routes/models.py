@@ -37,6 +37,8 @@ def models_router(engine: EngineClient, settings: Settings) -> APIRouter:
                 default_guidance_scale=caps.default_guidance_scale,
                 max_source_images=min(caps.max_source_images, settings.max_images_per_request),
                 supports_mask=caps.supports_mask,
+                reference_alpha=caps.reference_alpha,
+                output_resolution=caps.output_resolution,
                 max_model_len=card.max_model_len,
                 max_prompt_tokens=settings.max_prompt_tokens,
             ),

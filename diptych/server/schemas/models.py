@@ -19,6 +19,8 @@ class ModelCapabilities(BaseModel):
     default_guidance_scale: float
     max_source_images: int
     supports_mask: bool
+    reference_alpha: bool
+    output_resolution: int | None
     max_model_len: int
     max_prompt_tokens: int
 

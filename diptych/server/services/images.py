@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from diptych.engine.protocol import EngineClient
+from diptych.models.base import Capabilities, area_size
 from diptych.server.errors import APIError
 from diptych.server.media import check_image_count, decode_image
 from diptych.server.schemas.images import ImageEditOptions, ImageGenerationRequest, ImageOptions
@@ -42,9 +43,11 @@ async def generate(body: ImageGenerationRequest, engine: EngineClient) -> ImageR
 
 async def edit(upload: EditUpload, engine: EngineClient, settings: Settings) -> ImageRun:
     check_image_count(len(upload.images), settings.max_images_per_request, "image")
-    sources = await asyncio.to_thread(
-        lambda: tuple(decode_image(data, param="image", max_pixels=settings.max_input_pixels) for data in upload.images)
-    )
+    keep_alpha = engine.card.capabilities.reference_alpha
+    sources = await asyncio.to_thread(lambda: tuple(
+        decode_image(data, param="image", max_pixels=settings.max_input_pixels, keep_alpha=keep_alpha)
+        for data in upload.images
+    ))
     mask = None
     if upload.mask is not None:
         # The mask's alpha channel is its meaning (transparent: edit here), so it is kept.
@@ -68,7 +71,7 @@ def _engine_request(
     mask: Image.Image | None = None,
 ) -> ImageRequest:
     caps = engine.card.capabilities
-    width, height = options.dimensions(caps.default_size)
+    width, height = options.dimensions(_default_size(caps, source_images))
     return ImageRequest(
         request_id=f"img-{uuid.uuid4().hex}",
         prompt=options.prompt,
@@ -86,3 +89,11 @@ def _engine_request(
         top_k=options.top_k or 0,
         top_p=1.0 if options.top_p is None else options.top_p,
     )
+
+
+def _default_size(caps: Capabilities, source_images: tuple[Image.Image, ...]) -> tuple[int, int]:
+    """The size of a request that names none: the model's default, or for an edit on a model with an
+    ``output_resolution``, that area in the last reference's aspect (sides rounded to the size multiple)."""
+    if caps.output_resolution is None or not source_images:
+        return caps.default_size
+    return area_size(*source_images[-1].size, caps.output_resolution, caps.size_multiple)

@@ -14,7 +14,12 @@ from PIL import Image
 
 from diptych import compat
 from diptych.engine.memory_plan import placement_of
-from diptych.models.qwen_image_21.adapter import DEFAULT_OUTPUT_RESOLUTION, OUTPUT_RESOLUTION_KEY, QwenImage21Adapter
+from diptych.models.qwen_image_21.adapter import (
+    DEFAULT_OUTPUT_RESOLUTION,
+    MAX_REFERENCES,
+    OUTPUT_RESOLUTION_KEY,
+    QwenImage21Adapter,
+)
 from diptych.models.qwen_image_21.tiny import OUTPUT_RESOLUTION
 from diptych.models.qwen_image_21.vlm_staging import stage_for_vllm
 from diptych.models.registry import load_adapter
@@ -47,20 +52,22 @@ def processor(staged: Path) -> Any:
 def test_registry_and_capabilities(tiny_dir: Path) -> None:
     adapter = load_adapter(tiny_dir)
     assert isinstance(adapter, QwenImage21Adapter)
-    assert adapter.capabilities().names() == ("understand",)
-    # Understanding only: the orchestrator starts vLLM and no flow worker, so build_flow_runner is never called.
-    assert placement_of(adapter.capabilities(), "cpu") == {"ar": "cpu"}
-    with pytest.raises(NotImplementedError, match="no flow runner"):
-        adapter.build_flow_runner("cpu", "float32")
+    caps = adapter.capabilities()
+    assert caps.names() == ("understand", "generate", "edit")
+    assert placement_of(caps, "cpu") == {"ar": "cpu", "flow": "cpu"}
+    assert caps.max_source_images == MAX_REFERENCES and caps.size_multiple == 32 and not caps.supports_mask
+    assert caps.default_size == (OUTPUT_RESOLUTION, OUTPUT_RESOLUTION)
     assert adapter.checkpoint_dtype() == "float32"
     assert adapter.output_resolution == OUTPUT_RESOLUTION
 
 
-def test_weight_files_name_the_text_encoder(tiny_dir: Path) -> None:
+def test_weight_files_name_each_engines_components(tiny_dir: Path) -> None:
     weights = QwenImage21Adapter(tiny_dir).weight_files()
-    assert set(weights) == {"ar"}
+    assert set(weights) == {"ar", "flow"}
     (part,) = weights["ar"]
     assert part.component == "text_encoder" and part.files == (tiny_dir / "text_encoder" / "model.safetensors",)
+    assert [p.component for p in weights["flow"]] == ["transformer", "vae", "text_encoder"]
+    assert all(p.files for p in weights["flow"])
 
 
 def test_the_checkpoint_declares_its_output_resolution(tiny_dir: Path, tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ CASES = [
                                           MULTIPART), None, "invalid_multipart"),
     _e("text-field-over-1-mib", edit({"prompt": "x" * (1024 * 1024 + 1)}), None, "invalid_multipart"),
     _e("too-many-fields", edit({f"f{i}": "x" for i in range(70)}), None, "invalid_multipart"),
-    _e("too-many-files", edit(files=tuple(upload(PNG, "image[]") for _ in range(6))), None, "invalid_multipart"),
+    _e("too-many-files", edit(files=tuple(upload(PNG, "image[]") for _ in range(12))), None, "invalid_multipart"),
     # The image part.
     _e("image-missing", edit(files=()), "image", None),
     _e("image-as-text-field", edit({"image": "source.png"}, files=()), "image", None),

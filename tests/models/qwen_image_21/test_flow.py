@@ -1,0 +1,254 @@
+"""The Qwen-Image 2.1 flow runner against diffusers' ``QwenImage21Pipeline`` on the tiny checkpoint.
+
+Every image is compared with the pipeline's own call for the same request (same seed,
+``use_kv_cache=True``, its default), run alone: pixels within 1/255.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from diptych import compat
+from diptych.models.qwen_image_21 import packed
+from diptych.models.qwen_image_21.flow import QwenImage21FlowRunner, QwenImage21FlowState
+from diptych.models.qwen_image_21.tiny import OUTPUT_RESOLUTION
+from diptych.types import ImageRequest
+from tests.conftest import TinyCheckpoint
+
+compat.install()
+
+from diffusers import QwenImage21Pipeline  # noqa: E402  (after compat.install)
+
+GREEN_WIDE = Image.new("RGB", (96, 64), (20, 200, 40))
+RED_SEE_THROUGH = Image.new("RGBA", (64, 64), (220, 30, 30, 128))
+BLUE_TALL = Image.new("RGB", (48, 80), (30, 30, 220))
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tiny_checkpoint: TinyCheckpoint) -> Path:
+    return tiny_checkpoint("qwen-image-2.1")
+
+
+@pytest.fixture(scope="module")
+def runner(tiny_dir: Path) -> QwenImage21FlowRunner:
+    return QwenImage21FlowRunner(tiny_dir, output_resolution=OUTPUT_RESOLUTION)
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_dir: Path) -> Any:
+    return QwenImage21Pipeline.from_pretrained(tiny_dir)
+
+
+def reference(pipe: Any, request: ImageRequest, resolution: int = OUTPUT_RESOLUTION) -> list[Image.Image]:
+    """The pipeline's images for ``request``, under the server's guidance rule."""
+    guided = request.guidance_scale > 1
+    return pipe(
+        request.prompt,
+        image=list(request.source_images) or None,
+        height=request.height,
+        width=request.width,
+        num_inference_steps=request.num_inference_steps,
+        true_cfg_scale=request.guidance_scale,
+        negative_prompt=(request.negative_prompt or " ") if guided else None,
+        num_images_per_prompt=request.n,
+        generator=torch.Generator().manual_seed(request.seed or 0),
+        output_resolution=resolution,
+        use_kv_cache=True,
+    ).images
+
+
+def run(runner: QwenImage21FlowRunner, requests: Sequence[ImageRequest]) -> list[list[Image.Image]]:
+    """All requests prepared together, stepped together (each only while it has steps left), decoded together."""
+    prepared = runner.prepare(list(requests))
+    states = [s for group in prepared for s in group]
+    while active := [s for s in states if not s.done]:
+        runner.step(active)
+    images = iter(runner.decode(states))
+    return [[next(images) for _ in group] for group in prepared]
+
+
+def assert_close(ours: Sequence[Image.Image], theirs: Sequence[Image.Image]) -> None:
+    assert len(ours) == len(theirs)
+    for mine, ref in zip(ours, theirs, strict=True):
+        assert (mine.mode, mine.size) == (ref.mode, ref.size)
+        difference = np.abs(np.asarray(mine, dtype=np.int16) - np.asarray(ref, dtype=np.int16))
+        assert difference.max() <= 1, f"max pixel difference {difference.max()} (mean {difference.mean():.4f})"
+
+
+GENERATE = ImageRequest("generate", "a red square on grey", 64, 64, seed=1, num_inference_steps=4)
+EDIT_ONE = ImageRequest("edit-1", "make it blue", 96, 64, seed=2, num_inference_steps=4, source_images=(GREEN_WIDE,))
+EDIT_TWO = ImageRequest("edit-2", "put the first beside the second", 64, 96, seed=3, num_inference_steps=3,
+                        guidance_scale=3.0, negative_prompt="blurry", source_images=(GREEN_WIDE, RED_SEE_THROUGH))
+
+
+@pytest.mark.parametrize("request_", [GENERATE, EDIT_ONE, EDIT_TWO], ids=lambda r: r.request_id)
+def test_alone_equals_the_pipeline(runner: QwenImage21FlowRunner, pipe: Any, request_: ImageRequest) -> None:
+    (images,) = run(runner, [request_])
+    assert_close(images, reference(pipe, request_))
+    assert images[0].mode == "RGBA"  # the VAE decodes four channels, as the pipeline returns them
+
+
+def test_a_burst_of_mixed_requests_equals_each_alone(runner: QwenImage21FlowRunner, pipe: Any) -> None:
+    burst = [
+        GENERATE,
+        EDIT_ONE,
+        EDIT_TWO,
+        ImageRequest("long", "a small yellow triangle above a large green circle, on a white ground, flat colours",
+                     64, 128, seed=4, num_inference_steps=5, guidance_scale=4.5),
+        ImageRequest("no-cfg", "blue", 32, 64, seed=5, num_inference_steps=2, guidance_scale=1.0),
+        ImageRequest("n2", "two squares", 64, 64, n=2, seed=6, num_inference_steps=3, source_images=(BLUE_TALL,)),
+        ImageRequest("three", "mix them", 64, 64, seed=7, num_inference_steps=4, guidance_scale=2.0,
+                     source_images=(BLUE_TALL, GREEN_WIDE, RED_SEE_THROUGH)),
+        ImageRequest("square", "a red square on grey", 128, 64, seed=8, num_inference_steps=6),
+    ]
+    for request, images in zip(burst, run(runner, burst), strict=True):
+        assert_close(images, reference(pipe, request))
+
+
+class _Rows:
+    """Records the rows of every packed forward."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[list[packed.PackedRow]] = []
+        original = packed.packed_forward
+
+        def spy(transformer: Any, rows: Any, backend: str = "auto") -> Any:
+            self.calls.append(list(rows))
+            return original(transformer, rows, backend)
+
+        monkeypatch.setattr("diptych.models.qwen_image_21.flow.packed_forward", spy)
+
+
+def test_images_of_a_request_share_each_branchs_prefix(
+    runner: QwenImage21FlowRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = _Rows(monkeypatch)
+    request = ImageRequest("n3", "three of them", 64, 64, n=3, seed=9, num_inference_steps=2, source_images=(GREEN_WIDE,))
+    (states,) = runner.prepare([request])
+    runner.step(states)
+    runner.step(states)
+    first, second = rows.calls
+    assert len(first) == len(second) == 3 * 2  # three images, two guidance branches each
+    assert [row.fills_prefix for row in first] == [True, True] + [False] * 4  # each prefix is run once
+    assert not any(row.fills_prefix for row in second)
+    assert len({id(row.prefix) for row in first}) == 2
+    prefix = states[0].prefixes[0]
+    assert prefix.complete and prefix.inputs is None and len(prefix.keys) == 2
+    assert prefix.keys[0] is not None and prefix.keys[0].shape[0] == prefix.length
+
+
+def test_a_newcomers_prefill_joins_a_running_step(
+    runner: QwenImage21FlowRunner, pipe: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = _Rows(monkeypatch)
+    (early,) = runner.prepare([EDIT_ONE])
+    runner.step(early)
+    (late,) = runner.prepare([EDIT_TWO])
+    while active := [s for s in early + late if not s.done]:
+        runner.step(active)
+    joined = rows.calls[1]
+    assert [row.fills_prefix for row in joined] == [False, False, True, True]  # one forward, both kinds
+    assert_close(runner.decode(early), reference(pipe, EDIT_ONE))
+    assert_close(runner.decode(late), reference(pipe, EDIT_TWO))
+
+
+def test_a_failed_step_changes_nothing(runner: QwenImage21FlowRunner, pipe: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    (states,) = runner.prepare([EDIT_ONE])
+    failing = {"left": 1}
+    original = packed.PackContext.keys_and_values
+
+    def fail_in_layer_one(self: packed.PackContext, layer: int, keys: Any, values: Any) -> Any:
+        result = original(self, layer, keys, values)  # layer 0's prefix is stored before the failure
+        if layer == 1 and failing["left"]:
+            failing["left"] -= 1
+            raise RuntimeError("injected")
+        return result
+
+    monkeypatch.setattr(packed.PackContext, "keys_and_values", fail_in_layer_one)
+    before = states[0].latents.clone()
+    with pytest.raises(RuntimeError, match="injected"):
+        runner.step(states)
+    assert states[0].step_index == 0 and torch.equal(states[0].latents, before)
+    assert not states[0].prefixes[0].complete and states[0].prefixes[0].inputs is not None
+    while not states[0].done:
+        runner.step(states)
+    assert_close(runner.decode(states), reference(pipe, EDIT_ONE))
+
+
+def test_previews_are_the_predicted_clean_image(runner: QwenImage21FlowRunner) -> None:
+    (states,) = runner.prepare([EDIT_ONE])
+    with pytest.raises(ValueError, match="no step yet"):
+        runner.preview(states)
+    runner.step(states)
+    (preview,) = runner.preview(states)
+    assert preview.size == (96, 64) and preview.mode == "RGBA"
+    assert states[0].pred_clean is not None
+    expected = runner.decode([_with_latents(states[0], states[0].pred_clean)])
+    assert np.array_equal(np.asarray(preview), np.asarray(expected[0]))
+
+
+def _with_latents(state: QwenImage21FlowState, latents: torch.Tensor) -> QwenImage21FlowState:
+    return QwenImage21FlowState(**{**vars(state), "latents": latents})
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"width": 80}, "multiple of 32"),
+        ({"n": 0}, "must be >= 1"),
+        ({"source_images": (GREEN_WIDE,) * 11}, "limit of 10"),
+        ({"mask": GREEN_WIDE}, "mask"),
+    ],
+)
+def test_check_refuses_what_cannot_run(runner: QwenImage21FlowRunner, change: dict[str, Any], message: str) -> None:
+    request = ImageRequest(**{**vars(GENERATE), **change})
+    with pytest.raises(ValueError, match=message):
+        runner.check(request)
+
+
+def test_price_counts_references_guidance_and_images(runner: QwenImage21FlowRunner) -> None:
+    base = runner.check(GENERATE)
+    with_reference = runner.check(ImageRequest(**{**vars(GENERATE), "source_images": (GREEN_WIDE,)}))
+    unguided = runner.check(ImageRequest(**{**vars(GENERATE), "guidance_scale": 1.0}))
+    two = runner.check(ImageRequest(**{**vars(GENERATE), "n": 2}))
+    assert with_reference.tokens > base.tokens and with_reference.memory_bytes > base.memory_bytes
+    assert unguided.tokens < base.tokens and unguided.memory_bytes < base.memory_bytes
+    assert base.tokens < two.tokens < 2 * base.tokens  # the prefixes are shared by the images
+    # The first step runs the prompt's prefix and the target, per branch: at least that many tokens.
+    (states,) = runner.prepare([GENERATE])
+    assert base.tokens >= sum(layout.length for layout in states[0].layouts)
+
+
+class _LargestOutput(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch protocol
+        out = func(*args, **(kwargs or {}))
+        for tensor in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(tensor, torch.Tensor):
+                self.largest = max(self.largest, tensor.numel())
+        return out
+
+
+def test_no_step_builds_an_l_by_l_tensor(tiny_dir: Path) -> None:
+    # At 512 px a reference and the target are 1024 tokens each: L is about 2100 per branch.
+    large = QwenImage21FlowRunner(tiny_dir, output_resolution=512)
+    request = ImageRequest("big", "make it blue", 512, 512, seed=1, num_inference_steps=2,
+                           source_images=(GREEN_WIDE.resize((512, 512)),))
+    (states,) = large.prepare([request])
+    length = max(layout.length for layout in states[0].layouts)
+    assert length > 2048
+    for _ in range(2):  # the prefill, then a step over the stored prefix
+        with _LargestOutput() as probe:
+            large.step(states)
+        assert probe.largest < length * length // 4
