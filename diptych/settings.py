@@ -110,6 +110,11 @@ class Settings(BaseSettings):
         "unset: half of what a GPU has left after the weights, the KV cache and the headroom (planned at start), "
         "a quarter of the host's available memory on CPU.",
     )
+    flow_cache_gib: float = Field(
+        default=0.5, ge=0,
+        description="What the image decoder keeps across requests for reuse (prompt embeddings, prefix keys and "
+        "values), in GiB; least recently used first out; 0 keeps nothing.",
+    )
     max_model_len: int = Field(default=4096, ge=256, description="vLLM context length: prompt and output tokens.")
     max_num_seqs: int = Field(default=16, ge=1, description="vLLM sequences per step (a guided image is two).")
     ar_compile: Literal["auto", "eager", "compiled"] = Field(

@@ -95,6 +95,16 @@ class ImageRequest:
 
 
 @dataclass(frozen=True)
+class CacheStats:
+    """A cache the flow worker keeps across requests: lookups that found or missed, and what it holds."""
+
+    hits: int
+    misses: int
+    bytes: int
+    entries: int
+
+
+@dataclass(frozen=True)
 class ImageProgress:
     step: int
     total: int
@@ -156,3 +166,5 @@ class EngineConfig:
     # The flow worker's activation budget; None: a share of the device's free memory
     # (on a GPU, the memory plan fills it in before the worker starts: engine/memory_plan.py).
     flow_memory_gib: float | None = None
+    # What the flow worker keeps across requests for reuse (its runner's caches).
+    flow_cache_gib: float = 0.5

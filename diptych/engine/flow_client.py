@@ -40,7 +40,7 @@ from diptych.engine.flow_messages import (
 )
 from diptych.engine.flow_worker import worker_main
 from diptych.engine.protocol import HealthState
-from diptych.types import EngineConfig, ImageEvent, ImageRequest, ImagesFinished
+from diptych.types import CacheStats, EngineConfig, ImageEvent, ImageRequest, ImagesFinished
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ class FlowClient:
         self.active_requests = 0
         self.active_images = 0
         self.steps_total = 0
+        self.caches: dict[str, CacheStats] = {}  # the runner's caches across requests, as last reported
         self.restarts = 0
 
     @property
@@ -103,7 +104,7 @@ class FlowClient:
         process = self._ctx.Process(
             target=worker_main,
             args=(str(self._config.model_dir), self._config.device, self._config.dtype, inbox, worker_end,
-                  self._log_level, self._config.flow_memory_gib),
+                  self._log_level, self._config.flow_memory_gib, self._config.flow_cache_gib),
             name="diptych-flow-worker",
             daemon=True,
         )
@@ -158,6 +159,7 @@ class FlowClient:
             self.active_requests = message.active_requests
             self.active_images = message.active_images
             self.steps_total = message.steps_total
+            self.caches = dict(message.caches)
         elif isinstance(message, JobEvent):
             self._deliver(message.request_id, message.event)
         elif isinstance(message, JobFailed):

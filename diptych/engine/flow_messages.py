@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from diptych.types import ImageEvent, ImageRequest
+from diptych.types import CacheStats, ImageEvent, ImageRequest
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,7 @@ class WorkerStats:
     active_requests: int
     active_images: int
     steps_total: int
+    caches: tuple[tuple[str, CacheStats], ...] = ()  # the runner's caches across requests, by name
 
 
 Inbound = Submit | Abort | Shutdown

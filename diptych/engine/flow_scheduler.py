@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from diptych.engine.flow_budget import BatchBudget, select
 from diptych.engine.flow_messages import Abort, Inbound, JobEvent, JobFailed, Outbound, Shutdown, Submit, WorkerStats
-from diptych.models.base import FlowCost, FlowRunner
+from diptych.models.base import FlowCost, FlowRunner, cache_stats_of
 from diptych.types import ImageProgress, ImageRequest, ImagesFinished, PartialImage
 
 logger = logging.getLogger(__name__)
@@ -217,7 +217,8 @@ class FlowScheduler:
         self._emit(JobFailed(request_id, str(error) if invalid else f"{type(error).__name__}: {error}", invalid))
 
     def _send_stats(self) -> None:
-        stats = WorkerStats(len(self._jobs), sum(len(j.states) for j in self._jobs.values()), self._steps_total)
+        stats = WorkerStats(len(self._jobs), sum(len(j.states) for j in self._jobs.values()), self._steps_total,
+                            tuple(sorted(cache_stats_of(self._runner).items())))
         if stats != self._last_stats:
             self._emit(stats)
             self._last_stats = stats

@@ -22,11 +22,12 @@ PROCESS_NAME = "diptych-flow"
 
 def worker_main(
     model_dir: str, device: str, dtype: str, inbox: Any, outbox: Any, log_level: str = "INFO",
-    memory_gib: float | None = None,
+    memory_gib: float | None = None, cache_gib: float = 0.0,
 ) -> None:
     """``inbox``: a multiprocessing queue of :data:`Inbound`; ``outbox``: the write end of a pipe.
 
     ``memory_gib``: the activation budget (see :func:`default_budget`); None, a share of what is free.
+    ``cache_gib``: what the runner may keep across requests for reuse.
     """
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s flow-worker %(levelname)s %(message)s")
     _name_process(PROCESS_NAME)
@@ -36,7 +37,8 @@ def worker_main(
         from diptych.models.registry import load_adapter
 
         adapter = load_adapter(Path(model_dir))
-        runner = adapter.build_flow_runner(device, resolve_dtype(dtype, device, adapter.checkpoint_dtype()))
+        runner = adapter.build_flow_runner(device, resolve_dtype(dtype, device, adapter.checkpoint_dtype()),
+                                           cache_bytes=int(cache_gib * (1 << 30)))
     except Exception as exc:
         logger.exception("flow worker failed to load %s", model_dir)
         outbox.send(Fatal(f"{type(exc).__name__}: {exc}"))

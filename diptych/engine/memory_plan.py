@@ -9,7 +9,8 @@ of memory, at the first large request. So the server computes, before loading an
 - vLLM's KV cache (setting ``kv_cache_gib``);
 - the flow worker's activation budget (setting ``flow_memory_gib``; unset on a GPU, half of
   what the other lines leave, fixed here and handed to the worker);
-- the prefix-K/V budget of families that keep one (none of today's);
+- what the flow worker keeps across requests (setting ``flow_cache_gib``: prompt embeddings,
+  prefix keys and values);
 - a fixed headroom per engine process on the device (:data:`HEADROOM_PER_ENGINE`);
 
 and refuses to start on a GPU, naming every number, when the sum exceeds the free memory.
@@ -70,7 +71,7 @@ class DeviceMemory:
 @dataclass(frozen=True)
 class PlanLine:
     engine: str  # "ar" (vLLM) or "flow" (the flow worker)
-    component: str  # "weights <component>", "KV cache", "activations", "prefix K/V"
+    component: str  # "weights <component>", "KV cache", "activations", "cache"
     bytes: int
 
 
@@ -113,7 +114,7 @@ class MemoryPlan:
         if over:
             raise MemoryPlanError(
                 "not enough device memory for the engines: " + "; ".join(plan.describe() for plan in over)
-                + ". Lower --kv-cache-gib or --flow-memory-gib, or serve a smaller model"
+                + ". Lower --kv-cache-gib, --flow-memory-gib or --flow-cache-gib, or serve a smaller model"
             )
 
 
@@ -173,7 +174,7 @@ def plan_memory(
     *,
     kv_cache_bytes: int,
     flow_memory_bytes: int | None,
-    prefix_kv_bytes: int = 0,
+    cache_bytes: int = 0,
     dtype: str = "auto",
 ) -> MemoryPlan:
     """The plan of the engines in ``placement`` (engine → device; an engine not there does not run).
@@ -197,7 +198,7 @@ def plan_memory(
             if engine == "ar":
                 lines.append(PlanLine(engine, "KV cache", kv_cache_bytes))
             if engine == "flow":
-                lines.append(PlanLine(engine, "prefix K/V", prefix_kv_bytes))
+                lines.append(PlanLine(engine, "cache", cache_bytes))
         free = memory(device)
         # On the host, processes need no CUDA context and the memory's owner is the OS: no headroom.
         headroom = HEADROOM_PER_ENGINE * len(engines) if device.startswith("cuda") else 0
@@ -231,6 +232,7 @@ def plan_for(config: EngineConfig, adapter: FamilyAdapter, memory: Callable[[str
         memory or device_memory,  # looked up now, so that tests can replace device_memory
         kv_cache_bytes=int(config.kv_cache_gib * GIB),
         flow_memory_bytes=None if flow_gib is None else int(flow_gib * GIB),
+        cache_bytes=int(config.flow_cache_gib * GIB),
         dtype=dtype,
     )
 

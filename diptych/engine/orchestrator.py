@@ -110,6 +110,7 @@ class Orchestrator:
             },
             generated_tokens_total=self._generated_tokens,
             denoising_steps_total=self._flow.steps_total if self._flow is not None else 0,
+            flow_caches=dict(self._flow.caches) if self._flow is not None else {},
         )
 
     # -- requests -----------------------------------------------------------------------

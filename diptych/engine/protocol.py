@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from diptych.models.base import ModelCard
-from diptych.types import ChatEvent, ChatRequest, ImageEvent, ImageRequest
+from diptych.types import CacheStats, ChatEvent, ChatRequest, ImageEvent, ImageRequest
 
 # restarting: a component died and is being replaced on its own; its requests got 503.
 HealthState = Literal["starting", "ok", "degraded", "restarting", "down", "stopping"]
@@ -26,6 +26,7 @@ class EngineStats:
     active_batch: dict[str, int]
     generated_tokens_total: int
     denoising_steps_total: int
+    flow_caches: dict[str, CacheStats] = field(default_factory=dict)
 
 
 class EngineClient(Protocol):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
-from diptych.types import ChatMessage, ImageRequest
+from diptych.types import CacheStats, ChatMessage, ImageRequest
 
 
 @dataclass(frozen=True)
@@ -127,6 +127,14 @@ class FlowRunner(Protocol[S]):
         """Decode finished states to PIL images, in order."""
         ...
 
+    # Optional: ``cache_stats(self) -> Mapping[str, CacheStats]``, the runner's caches across
+    # requests by name (see :func:`cache_stats_of`), reported on /metrics.
+
+
+def cache_stats_of(runner: Any) -> Mapping[str, CacheStats]:
+    method = getattr(runner, "cache_stats", None)
+    return {} if method is None else method()
+
 
 @dataclass(frozen=True)
 class ARSequence:
@@ -210,8 +218,11 @@ class FamilyAdapter(Protocol):
         """Tokens the model sees: text, and each image at its expanded size."""
         ...
 
-    def build_flow_runner(self, device: str, dtype: str) -> FlowRunner[Any]:
-        """Load the generation stages; called inside the flow worker process."""
+    def build_flow_runner(self, device: str, dtype: str, cache_bytes: int = 0) -> FlowRunner[Any]:
+        """Load the generation stages; called inside the flow worker process.
+
+        ``cache_bytes``: what the runner may keep across requests for reuse (prompt embeddings,
+        prefix keys and values; setting ``flow_cache_gib``); a runner with no cache ignores it."""
         ...
 
     def weight_files(self) -> Mapping[str, tuple[WeightFiles, ...]]:

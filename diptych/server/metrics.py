@@ -14,6 +14,7 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from diptych.engine.protocol import EngineStats
+from diptych.types import CacheStats
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -38,6 +39,21 @@ class _EngineCollector(Collector):
                                   value=stats.generated_tokens_total)
         yield CounterMetricFamily("diptych_denoising_steps", "Denoising steps run (rate() gives steps/s).",
                                   value=stats.denoising_steps_total)
+        yield from _cache_metrics(stats.flow_caches)
+
+
+def _cache_metrics(caches: dict[str, CacheStats]) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    """The flow worker's caches across requests (prompt embeddings, prefix keys and values), by name."""
+    hits = CounterMetricFamily("diptych_flow_cache_hits", "Lookups that found their entry.", labels=["cache"])
+    misses = CounterMetricFamily("diptych_flow_cache_misses", "Lookups that did not.", labels=["cache"])
+    held = GaugeMetricFamily("diptych_flow_cache_bytes", "Bytes the cache holds.", labels=["cache"])
+    entries = GaugeMetricFamily("diptych_flow_cache_entries", "Entries the cache holds.", labels=["cache"])
+    for name, cache in sorted(caches.items()):
+        hits.add_metric([name], cache.hits)
+        misses.add_metric([name], cache.misses)
+        held.add_metric([name], cache.bytes)
+        entries.add_metric([name], cache.entries)
+    yield from (hits, misses, held, entries)
 
 
 class Metrics:

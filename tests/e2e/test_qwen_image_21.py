@@ -17,6 +17,7 @@ from PIL import Image
 
 from diptych import compat
 from diptych.bench.server_process import ServerProcess, serving
+from tests.e2e.probes import metric, wait_until
 from diptych.models.qwen_image_21.tiny import OUTPUT_RESOLUTION
 from tests.conftest import TinyCheckpoint
 
@@ -25,12 +26,16 @@ compat.install()
 from diffusers import QwenImage21Pipeline  # noqa: E402  (after compat.install)
 
 MODEL = "tiny-qwen-image-2.1"
+CACHE_GIB = 0.0005
 
 
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint: TinyCheckpoint, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     checkpoint: Path = tiny_checkpoint("qwen-image-2.1")
-    with serving(checkpoint, tmp_path_factory.mktemp("qi21-server"), "--served-model-name", MODEL) as process:
+    # A cache of about three tiny edits' prefixes (roughly 0.15 MB each): later requests push a
+    # request's prefix out of it, so what an ended request left behind would show (test below).
+    with serving(checkpoint, tmp_path_factory.mktemp("qi21-server"), "--served-model-name", MODEL,
+                 "--flow-cache-gib", str(CACHE_GIB)) as process:
         yield process
 
 
@@ -146,3 +151,46 @@ def test_bad_edits_get_a_400_naming_the_field(
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
     assert httpx.get(f"{server.base_url}/health", timeout=10).status_code == 200
+
+
+def test_a_second_edit_of_the_same_picture_reuses_its_prefix(server: ServerProcess, client: openai.OpenAI,
+                                                              pipe: Any) -> None:
+    picture = _solid((120, 40, 160), (64, 64))
+    image = ("picture.png", _png(picture), "image/png")
+    results, hits = [], []
+    for seed, instruction in ((11, "make it green"), (12, "turn it into a circle please")):
+        hits.append(metric(server, "diptych_flow_cache_hits_total", cache="prefix"))
+        result = client.images.edit(model=MODEL, image=image, prompt=instruction,
+                                    extra_body={"seed": seed, "num_inference_steps": 3, "guidance_scale": 2.0})
+        assert result.data is not None
+        results.append(_decode(result.data[0].b64_json))
+        reference = pipe(instruction, image=[picture], num_inference_steps=3, true_cfg_scale=2.0, negative_prompt=" ",
+                         generator=torch.Generator().manual_seed(seed), output_resolution=OUTPUT_RESOLUTION).images[0]
+        _assert_close(results[-1], reference)
+    hits.append(metric(server, "diptych_flow_cache_hits_total", cache="prefix"))
+    # The second edit found the picture's chunk (for its instruction) and the whole negative branch.
+    assert hits[1] == hits[0] and hits[2] >= hits[1] + 2
+
+
+def test_ended_and_cancelled_requests_leave_no_prefix_behind(server: ServerProcess) -> None:
+    url = f"{server.base_url}/v1/images/edits"
+    fields = {"model": MODEL, "prompt": "make it pale", "stream": "true", "partial_images": "2",
+              "num_inference_steps": "30", "seed": "1"}
+    with httpx.stream("POST", url, data=fields, timeout=120,
+                      files={"image": ("p.png", _png(_solid((1, 2, 3), (64, 64))), "image/png")}) as response:
+        assert response.status_code == 200
+        next(response.iter_lines())  # the first event: the request is denoising; then hang up
+    # Other pictures push the cancelled request's prefix out of the cache.
+    for shade in range(4):
+        body = {"model": MODEL, "prompt": f"shade {shade}", "num_inference_steps": "2", "seed": str(shade)}
+        image = ("s.png", _png(_solid((shade * 60, 90, 90), (64, 64))), "image/png")
+        assert httpx.post(url, data=body, files={"image": image}, timeout=120).status_code == 200
+
+    def settled() -> bool:
+        return metric(server, "diptych_queue_depth", engine="image") == 0 and metric(
+            server, "diptych_flow_cache_bytes", cache="prefix_live") == metric(
+            server, "diptych_flow_cache_bytes", cache="prefix")
+
+    wait_until(settled, 60, "every prefix alive to be the cache's")
+    held = metric(server, "diptych_flow_cache_bytes", cache="prefix")
+    assert 0 < held <= CACHE_GIB * (1 << 30)

@@ -90,12 +90,12 @@ def test_plan_on_one_gpu_fits_and_gives_the_flow_worker_half_of_the_rest(tiny_ch
     assert [(line.engine, line.component) for line in device.lines] == [
         ("ar", "weights text_encoder"), ("ar", "KV cache"),
         ("flow", "weights transformer"), ("flow", "weights vae"), ("flow", "weights text_encoder"),
-        ("flow", "prefix K/V"), ("flow", "activations"),
+        ("flow", "cache"), ("flow", "activations"),
     ]
     # The flow worker holds the VLM in float32 whatever its stored dtype; here both are float32.
     encoder = plan.bytes_of("ar", "weights text_encoder")
     assert encoder == plan.bytes_of("flow", "weights text_encoder") > 0
-    assert plan.bytes_of("flow", "prefix K/V") == 0
+    assert plan.bytes_of("flow", "cache") == 0
     others = sum(line.bytes for line in device.lines[:-1])
     assert plan.bytes_of("flow", "activations") == (10 * GIB - others - device.headroom) // 2
     assert device.fits
@@ -113,7 +113,7 @@ def test_a_plan_that_does_not_fit_names_every_number(tiny_checkpoint: TinyCheckp
     ar_weights = plan.bytes_of("ar", "weights model")
     needed = ar_weights + plan.bytes_of("flow", "weights vq model") + 7 * GIB + 2 * HEADROOM_PER_ENGINE
     for part in ("cuda:0", f"{needed / GIB:.2f} GiB needed", f"ar weights model {ar_weights / GIB:.2f}",
-                 "ar KV cache 4.00", "flow activations 3.00", "flow prefix K/V 0.00", "headroom 1.00",
+                 "ar KV cache 4.00", "flow activations 3.00", "flow cache 0.00", "headroom 1.00",
                  "0.50 per engine process", "6.50 GiB free of 8.00 GiB", "--kv-cache-gib", "--flow-memory-gib"):
         assert part in message, part
     assert "\n" not in message
@@ -150,7 +150,8 @@ def test_apply_plan_on_a_gpu_fixes_the_flow_share_or_refuses(tiny_checkpoint: Ti
     adapter = load_adapter(model)
     config = apply_plan(_config(model, tmp_path, device="cuda"), adapter, _fake(12.0))
     share = mp.plan_for(_config(model, tmp_path, device="cuda"), adapter, _fake(12.0)).bytes_of("flow", "activations")
-    assert config.flow_memory_gib == share / GIB and 4.9 < config.flow_memory_gib < 5.0  # (12 - 1 KV - 1 headroom - weights) / 2
+    # (12 - 1 KV - 0.5 flow cache - 1 headroom - weights) / 2
+    assert config.flow_memory_gib == share / GIB and 4.65 < config.flow_memory_gib < 4.75
     # An explicit share is kept as it is.
     assert apply_plan(_config(model, tmp_path, device="cuda", flow_memory_gib=2.0), adapter,
                       _fake(12.0)).flow_memory_gib == 2.0

@@ -47,6 +47,7 @@ class StubFlow:
     health_state = "ok"
     active_images = 0
     steps_total = 0
+    caches: dict = {}  # noqa: RUF012 - read only
 
     def __init__(self, step_s: float = 0.0) -> None:
         self.step_s = step_s

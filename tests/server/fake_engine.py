@@ -13,6 +13,7 @@ from diptych.engine.errors import CapabilityError, DeadlineExceededError
 from diptych.engine.protocol import EngineStats, Health
 from diptych.models.base import Capabilities, ModelCard
 from diptych.types import (
+    CacheStats,
     ChatEvent,
     ChatFinished,
     ChatRequest,
@@ -58,7 +59,8 @@ class FakeEngine:
         return Health("ok", {"fake": "ok"})
 
     def stats(self) -> EngineStats:
-        return EngineStats({"chat": 0, "image": self.gate.in_flight}, {"ar": 0, "flow": 0}, 7, 11)
+        return EngineStats({"chat": 0, "image": self.gate.in_flight}, {"ar": 0, "flow": 0}, 7, 11,
+                           {"prefix": CacheStats(hits=3, misses=2, bytes=4096, entries=1)})
 
     async def chat(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
         self.chat_requests.append(request)

@@ -19,6 +19,7 @@ from diptych.engine.orchestrator import Orchestrator
 from diptych.models.base import Capabilities, ChatPrompt
 from diptych.settings import Settings
 from diptych.types import (
+    CacheStats,
     ChatEvent,
     ChatFinished,
     ChatMessage,
@@ -83,6 +84,7 @@ class ScriptedFlow:
     health_state: str = "ok"
     active_images: int = 0
     steps_total: int = 0
+    caches: dict[str, CacheStats] = field(default_factory=dict)
     requests: list[ImageRequest] = field(default_factory=list)
 
     async def start(self) -> None: ...

@@ -290,6 +290,9 @@ async def test_metrics_exposes_requests_latency_and_engine_gauges(make_client) -
     assert 'diptych_active_batch_size{engine="flow"} 0.0' in text
     assert "diptych_generated_tokens_total 7.0" in text
     assert "diptych_denoising_steps_total 11.0" in text
+    for line in ('diptych_flow_cache_hits_total{cache="prefix"} 3.0', 'diptych_flow_cache_misses_total{cache="prefix"} 2.0',
+                 'diptych_flow_cache_bytes{cache="prefix"} 4096.0', 'diptych_flow_cache_entries{cache="prefix"} 1.0'):
+        assert line in text
 
 
 async def test_unknown_route_is_404_envelope(make_client) -> None:

@@ -94,7 +94,7 @@ class JanusProAdapter:
         config = json.loads((self.model_dir / "config.json").read_text())
         return config.get("dtype") or config.get("torch_dtype") or config.get("text_config", {}).get("dtype")
 
-    def build_flow_runner(self, device: str, dtype: str) -> FlowRunner[Any]:
+    def build_flow_runner(self, device: str, dtype: str, cache_bytes: int = 0) -> FlowRunner[Any]:
         from diptych.models.janus_pro.decode import JanusDecodeRunner
 
         return JanusDecodeRunner(self.model_dir, device, dtype)

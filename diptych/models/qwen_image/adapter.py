@@ -105,12 +105,13 @@ class QwenImageAdapter:
         config = json.loads((self.model_dir / "text_encoder" / "config.json").read_text())
         return config.get("dtype") or config.get("torch_dtype")
 
-    def build_flow_runner(self, device: str, dtype: str) -> FlowRunner[Any]:
+    def build_flow_runner(self, device: str, dtype: str, cache_bytes: int = 0) -> FlowRunner[Any]:
         import torch
 
         from diptych.models.qwen_image.flow import QwenImageFlowRunner
 
-        return QwenImageFlowRunner(self.model_dir, device, dtype=getattr(torch, dtype), source_area=self.source_area)
+        return QwenImageFlowRunner(self.model_dir, device, dtype=getattr(torch, dtype), source_area=self.source_area,
+                                   cache_bytes=cache_bytes)
 
     def weight_files(self) -> Mapping[str, tuple[WeightFiles, ...]]:
         def component(name: str) -> WeightFiles:

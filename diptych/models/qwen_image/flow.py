@@ -31,11 +31,11 @@ from diptych.models.qwen_image.conditioning import DEFAULT_CACHE_BYTES, Conditio
 from diptych.models.qwen_image.decode import DecodeItem, LatentDecoder
 from diptych.models.qwen_image.denoise import velocities
 from diptych.models.qwen_image.prompt import PromptEmbedding, PromptEncoder
-from diptych.models.qwen_image.schedule import euler_step, flow_schedule, predicted_clean
+from diptych.models.qwen_image.schedule import euler_advance, flow_schedule, previewable
 from diptych.models.qwen_image.source import DEFAULT_SOURCE_AREA, prepare_source, source_size
 from diptych.models.qwen_image.state import EMPTY_NEGATIVE_PROMPT, QwenImageFlowState, resolve_guidance
 from diptych.models.qwen_image.vae_fast import install_single_frame_paths
-from diptych.types import ImageRequest
+from diptych.types import CacheStats, ImageRequest
 
 __all__ = ["EMPTY_NEGATIVE_PROMPT", "QwenImageFlowRunner", "QwenImageFlowState", "resolve_guidance"]
 
@@ -100,6 +100,11 @@ class QwenImageFlowRunner:
     @property
     def decoder(self) -> LatentDecoder:
         return self._decoder
+
+    def cache_stats(self) -> dict[str, CacheStats]:
+        """The prompt-embedding and source-latent cache (one LRU, ``conditioning.py``)."""
+        cache = self._conditioner.cache
+        return {"prompt": CacheStats(cache.hits, cache.misses, cache.bytes, len(cache))}
 
     # -- check and price ---------------------------------------------------------------
 
@@ -223,25 +228,14 @@ class QwenImageFlowRunner:
         for state in states:
             if state.done:
                 raise ValueError(f"request {state.request_id} image {state.index} has finished its {state.num_steps} steps")
-        # Compute everything before touching any state: a failure leaves every state as it was.
-        updates = []
-        for state, velocity in zip(states, velocities(self._parts.transformer, states), strict=True):
-            i = state.step_index
-            sigma, sigma_next = state.sigmas[i], state.sigmas[i + 1]
-            clean = predicted_clean(state.latents, velocity, sigma)
-            updates.append((clean, euler_step(state.latents, velocity, sigma, sigma_next)))
-        for state, (clean, latents) in zip(states, updates, strict=True):
-            state.pred_clean, state.latents = clean, latents
-            state.step_index += 1
+        euler_advance(states, velocities(self._parts.transformer, states))
 
     # -- preview and decode --------------------------------------------------------------
 
     def preview(self, states: list[QwenImageFlowState]) -> list[Image.Image]:
         """The images the last step's velocities point at (``x0 = x_t - sigma * v``), in one batched decode."""
-        for state in states:
-            if state.pred_clean is None:
-                raise ValueError(f"request {state.request_id} image {state.index} has no step yet to preview")
-        return self._decoder.decode([DecodeItem(s.pred_clean, s.height, s.width) for s in states])  # type: ignore[arg-type]
+        cleans = previewable(states)
+        return self._decoder.decode([DecodeItem(x, s.height, s.width) for x, s in zip(cleans, states, strict=True)])
 
     def decode(self, states: list[QwenImageFlowState]) -> list[Image.Image]:
         """Final images, batched by size; returned in the order of ``states``."""

@@ -9,9 +9,9 @@ index and the sigmas of *one* generation on ``self``, and the flow worker interl
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -121,3 +121,36 @@ def true_cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Te
     cond_norm = torch.norm(cond, dim=-1, keepdim=True)
     combined_norm = torch.norm(combined, dim=-1, keepdim=True)
     return combined * (cond_norm / combined_norm)
+
+
+class EulerState(Protocol):
+    """What :func:`euler_advance` reads and writes of a request's per-image state."""
+
+    request_id: str
+    index: int
+    step_index: int
+    latents: torch.Tensor
+    sigmas: torch.Tensor
+    pred_clean: torch.Tensor | None
+
+
+def euler_advance(states: Sequence[EulerState], velocities: Sequence[torch.Tensor]) -> None:
+    """One Euler step of each state with its velocity, keeping the predicted clean latent for previews.
+
+    Every update is computed before any state changes, so a failure leaves them all as they were."""
+    updates = []
+    for state, velocity in zip(states, velocities, strict=True):
+        sigma, sigma_next = state.sigmas[state.step_index], state.sigmas[state.step_index + 1]
+        updates.append((predicted_clean(state.latents, velocity, sigma),
+                        euler_step(state.latents, velocity, sigma, sigma_next)))
+    for state, (clean, latents) in zip(states, updates, strict=True):
+        state.pred_clean, state.latents = clean, latents
+        state.step_index += 1
+
+
+def previewable(states: Sequence[EulerState]) -> list[torch.Tensor]:
+    """Each state's predicted clean latent; a state with no step yet has none to preview."""
+    for state in states:
+        if state.pred_clean is None:
+            raise ValueError(f"request {state.request_id} image {state.index} has no step yet to preview")
+    return [state.pred_clean for state in states]  # type: ignore[misc]

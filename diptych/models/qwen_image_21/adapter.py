@@ -91,13 +91,14 @@ class QwenImage21Adapter:
         text = config.get("text_config", {})
         return config.get("dtype") or config.get("torch_dtype") or text.get("dtype") or text.get("torch_dtype")
 
-    def build_flow_runner(self, device: str, dtype: str) -> FlowRunner[Any]:
+    def build_flow_runner(self, device: str, dtype: str, cache_bytes: int = 0) -> FlowRunner[Any]:
         import torch
 
         from diptych.models.qwen_image_21.flow import QwenImage21FlowRunner
 
         return QwenImage21FlowRunner(self.model_dir, device, dtype=getattr(torch, dtype),
-                                     output_resolution=self.output_resolution, max_references=MAX_REFERENCES)
+                                     output_resolution=self.output_resolution, max_references=MAX_REFERENCES,
+                                     cache_bytes=cache_bytes)
 
     def weight_files(self) -> Mapping[str, tuple[WeightFiles, ...]]:
         def component(name: str) -> WeightFiles:

@@ -1,10 +1,12 @@
 """One transformer forward over the branches of many requests, packed into one token sequence.
 
-Every branch of every image in a step is one sequence of the pack. A branch whose prefix has
-no keys and values yet runs its whole joint sequence (the prefill: block-causal attention over
-text and condition images, then the target image on top); a branch whose prefix is stored runs
-only its target tokens, which attend the stored prefix and their own block. Both kinds share
-one forward, so a newly admitted request's prefill joins the step the running ones take.
+Every branch of every image in a step is one sequence of the pack. A branch's prefix is a
+chain of :class:`PrefixKV` chunks (e.g. the text and references shared with other requests,
+then its own instruction). The sequence runs the tokens of the chunks that have no keys and
+values yet (the prefill: block-causal attention over text and condition images) and its
+target tokens, which attend every chunk and their own block. Prefills and targets over stored
+prefixes share one forward, so a newly admitted request's prefill joins the step the running
+ones take.
 
 **diffusers' blocks, our attention.** The blocks of ``QwenImage21Transformer2DModel`` run
 unchanged; :class:`PackedAttnProcessor` takes the place of their attention processor. The
@@ -33,21 +35,25 @@ from diptych.models.qwen_image_21.sequence import BranchLayout
 
 @dataclass(eq=False)
 class PrefixKV:
-    """The keys and values of one prefix in every block, post-rotary, ``[length, heads, head_dim]`` each.
+    """The keys and values of one chunk of a prefix in every block, post-rotary, ``[length, heads, head_dim]`` each.
 
-    Filled by the first forward that runs the prefix's tokens (from ``inputs``), then read by
-    every later one. Shared by the images of a request, whose branches have the same prefix.
+    Filled by the first forward that runs the chunk's tokens (from ``inputs``), then read by
+    every later one. Shared by every branch whose prefix starts with the same tokens: the
+    images of a request, its guidance branches up to the last reference, other requests.
+    ``extra`` is what the family keeps beside it to extend it (e.g. the VLM's own cache).
     """
 
     length: int
-    inputs: torch.Tensor | None  # [length, inner_dim], dropped once the prefix is complete
+    inputs: torch.Tensor | None  # [length, inner_dim], dropped once the chunk is complete
     keys: list[torch.Tensor | None] = field(default_factory=list)
     values: list[torch.Tensor | None] = field(default_factory=list)
     complete: bool = False
+    extra: Any = None
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values) if t is not None)
+        tensors = [t for t in (*self.keys, *self.values, self.inputs) if t is not None]
+        return sum(t.numel() * t.element_size() for t in tensors) + int(getattr(self.extra, "nbytes", 0))
 
     def store(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> None:
         while len(self.keys) <= layer:
@@ -62,13 +68,34 @@ class PrefixKV:
 
 @dataclass(frozen=True, eq=False)
 class PackedRow:
-    """One sequence of the pack: a branch of one image at its current step."""
+    """One sequence of the pack: a branch of one image at its current step.
+
+    It reads ``prefix[:fills_from]`` (stored, or filled by another row of the same pack) and
+    runs the tokens of ``prefix[fills_from:]``, storing their keys and values, then its target.
+    """
 
     layout: BranchLayout
-    prefix: PrefixKV
+    prefix: tuple[PrefixKV, ...]  # chunks in order; their lengths sum to layout.prefix_len
     latents: torch.Tensor  # [target_len, C]
     timestep: torch.Tensor  # scalar, in [0, 1] as the transformer takes it
-    fills_prefix: bool  # this row runs the prefix tokens and stores their keys and values
+    fills_from: int
+
+    @property
+    def read(self) -> tuple[PrefixKV, ...]:
+        return self.prefix[: self.fills_from]
+
+    @property
+    def filled(self) -> tuple[PrefixKV, ...]:
+        return self.prefix[self.fills_from :]
+
+    @property
+    def read_len(self) -> int:
+        return sum(chunk.length for chunk in self.read)
+
+    @property
+    def new_len(self) -> int:
+        """Tokens this row puts through the blocks: its chunks to fill, then its target."""
+        return self.layout.length - self.read_len
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,22 +112,21 @@ class PackContext:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the prefixes this pack fills, then each sequence's keys: its stored prefix, then its new tokens."""
         for row, start in zip(self.rows, self.starts, strict=True):
-            if row.fills_prefix:
-                end = start + row.layout.prefix_len
+            for chunk in row.filled:
+                end = start + chunk.length
                 # clone(): a view would keep the whole pack's keys alive for every later step.
-                row.prefix.store(layer, keys[start:end].clone(), values[start:end].clone())
+                chunk.store(layer, keys[start:end].clone(), values[start:end].clone())
+                start = end
         key_parts: list[torch.Tensor] = []
         value_parts: list[torch.Tensor] = []
         for row, start in zip(self.rows, self.starts, strict=True):
-            if not row.fills_prefix:
-                stored_key, stored_value = row.prefix.keys[layer], row.prefix.values[layer]
-                if stored_key is None or stored_value is None:
+            for chunk in row.read:
+                if len(chunk.keys) <= layer or chunk.keys[layer] is None:
                     raise RuntimeError(f"prefix keys of layer {layer} are missing: no row fills them")
-                key_parts.append(stored_key)
-                value_parts.append(stored_value)
-            end = start + row.layout.target_len + (row.layout.prefix_len if row.fills_prefix else 0)
-            key_parts.append(keys[start:end])
-            value_parts.append(values[start:end])
+                key_parts.append(chunk.keys[layer])  # type: ignore[arg-type]
+                value_parts.append(chunk.values[layer])  # type: ignore[arg-type]
+            key_parts.append(keys[start : start + row.new_len])
+            value_parts.append(values[start : start + row.new_len])
         return torch.cat(key_parts), torch.cat(value_parts)
 
 
@@ -154,15 +180,13 @@ def packed_forward(transformer: Any, rows: Sequence[PackedRow], backend: str = "
     for index, row in enumerate(rows):
         starts.append(offset)
         layout = row.layout
-        if row.fills_prefix:
-            if row.prefix.inputs is None:
-                raise RuntimeError("a prefix to fill has no inputs left")
-            parts.append(row.prefix.inputs)
-            rotary.append(layout.rotary)
-            modulation_rows.append(torch.full((layout.prefix_len,), zero_row, dtype=torch.long))
-            offset += layout.prefix_len
-        else:
-            rotary.append(layout.rotary[layout.prefix_len :])
+        for chunk in row.filled:
+            if chunk.inputs is None:
+                raise RuntimeError("a prefix chunk to fill has no inputs left")
+            parts.append(chunk.inputs)
+            modulation_rows.append(torch.full((chunk.length,), zero_row, dtype=torch.long))
+            offset += chunk.length
+        rotary.append(layout.rotary[row.read_len :])
         parts.append(targets[target_offset : target_offset + layout.target_len])
         modulation_rows.append(torch.full((layout.target_len,), index, dtype=torch.long))
         offset += layout.target_len
@@ -177,7 +201,7 @@ def packed_forward(transformer: Any, rows: Sequence[PackedRow], backend: str = "
     token_temb = temb[token_rows]
     token_modulation = transformer.modulation(temb)[token_rows]
     token_rotary = torch.cat(rotary)
-    layout = MaskLayout.build([row.layout.spec(row.fills_prefix) for row in rows], device=device)
+    layout = MaskLayout.build([row.layout.spec(row.read_len) for row in rows], device=device)
     context = PackContext(rows, tuple(starts), layout, backend)
 
     for block in transformer.transformer_blocks:
@@ -191,6 +215,6 @@ def packed_forward(transformer: Any, rows: Sequence[PackedRow], backend: str = "
 
     results = []
     for row, start in zip(rows, starts, strict=True):
-        first = start + (row.layout.prefix_len if row.fills_prefix else 0)
+        first = start + row.new_len - row.layout.target_len
         results.append(output[first : first + row.layout.target_len])
     return results

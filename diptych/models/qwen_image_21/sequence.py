@@ -6,10 +6,12 @@ images' latents dropped into those positions, and the target image's tokens appe
 before the target is the *prefix*: with ``causal_condition`` its tokens are modulated from
 ``t = 0``, so their keys and values do not depend on the step and are computed once.
 
-:func:`layout_branch` derives what ``QwenImage21Transformer2DModel.forward`` derives for one
+The functions here derive what ``QwenImage21Transformer2DModel.forward`` derives for one
 sample (rotary table, image blocks, the prefix's input embeddings), through the model's own
 ``pos_embed``, ``build_token_metadata``, ``txt_in`` and ``img_in``; the packed forward
-(``packed.py``) then only has to slice it.
+(``packed.py``) then only has to slice it. :func:`branch_layout` needs only the token
+structure; :func:`prefix_inputs` the VLM's states for the stretch of the prefix that has to
+be run (a stored stretch needs neither).
 """
 
 from __future__ import annotations
@@ -40,9 +42,9 @@ class BranchLayout:
     def length(self) -> int:
         return self.prefix_len + self.target_len
 
-    def spec(self, with_prefix: bool) -> SequenceSpec:
-        """The attention layout of this branch: its whole sequence queried, or only the target after a cached prefix."""
-        return SequenceSpec(self.length, None if with_prefix else self.target_len, self.image_spans)
+    def spec(self, stored: int) -> SequenceSpec:
+        """The attention layout of this branch when its first ``stored`` tokens' keys are stored, the rest queried."""
+        return SequenceSpec(self.length, None if stored == 0 else self.length - stored, self.image_spans)
 
 
 def slot_mask(image_slots: torch.Tensor, target_len: int) -> torch.Tensor:
@@ -50,33 +52,29 @@ def slot_mask(image_slots: torch.Tensor, target_len: int) -> torch.Tensor:
     return torch.cat([image_slots.bool(), image_slots.new_ones(target_len // TOKENS_PER_SLOT, dtype=torch.bool)])
 
 
-def layout_branch(
-    transformer: Any,
-    text_embeds: torch.Tensor,
-    image_slots: torch.Tensor,
-    condition_latents: torch.Tensor | None,
-    img_shapes: list[tuple[int, int, int]],
-) -> tuple[BranchLayout, torch.Tensor]:
-    """Lay out one branch: ``text_embeds`` [L, D_ctx] and ``image_slots`` [L] from the VLM,
-    ``condition_latents`` [N_cond, C] (the references' packed latents, in order) and the
-    ``(frames, rows, cols)`` of every image, the target's last.
-
-    Returns the layout and the prefix's tokens as the first block receives them
-    [prefix_len, inner_dim], needed only until the prefix's keys and values exist."""
+def branch_layout(transformer: Any, image_slots: torch.Tensor, img_shapes: list[tuple[int, int, int]]) -> BranchLayout:
+    """Lay out one branch from the VLM's image-slot mask [L] (after the dropped system turn) and
+    the ``(frames, rows, cols)`` of every image, the target's last."""
     target_len = math.prod(img_shapes[-1])
-    slots = slot_mask(image_slots.to(text_embeds.device), target_len)
-    repeats = torch.where(slots, TOKENS_PER_SLOT, 1)
-    image_mask = torch.repeat_interleave(slots, repeats)
-    rotary = transformer.pos_embed(img_shapes, image_mask, device=text_embeds.device)
+    slots = slot_mask(image_slots, target_len)
+    image_mask = torch.repeat_interleave(slots, torch.where(slots, TOKENS_PER_SLOT, 1))
+    device = next(transformer.parameters()).device
+    rotary = transformer.pos_embed(img_shapes, image_mask.to(device), device=device)
     image_ids, target_mask = transformer.build_token_metadata(image_mask, img_shapes)
-    prefix_len = int((~target_mask).sum())
+    return BranchLayout(int((~target_mask).sum()), target_len, _blocks(image_ids), rotary)
 
-    text = transformer.txt_in(text_embeds[None])[0]
-    prefix_input = text.repeat_interleave(repeats[: text.shape[0]], dim=0)
+
+def prefix_inputs(
+    transformer: Any, text_embeds: torch.Tensor, image_slots: torch.Tensor, condition_latents: torch.Tensor | None
+) -> torch.Tensor:
+    """A stretch of the prefix as the first block receives it: the VLM's states ``text_embeds``
+    [l, D_ctx] through ``txt_in``, each image slot widened to its 2x2 latent tokens and replaced
+    by ``condition_latents`` [N, C] through ``img_in`` (all the stretch's slots, in order)."""
+    repeats = torch.where(image_slots.to(text_embeds.device), TOKENS_PER_SLOT, 1)
+    inputs = transformer.txt_in(text_embeds[None])[0].repeat_interleave(repeats, dim=0)
     if condition_latents is not None:
-        prefix_input[image_mask[:prefix_len]] = transformer.img_in(condition_latents)
-    layout = BranchLayout(prefix_len, target_len, _blocks(image_ids), rotary)
-    return layout, prefix_input
+        inputs[torch.repeat_interleave(repeats > 1, repeats)] = transformer.img_in(condition_latents)
+    return inputs
 
 
 def _blocks(image_ids: torch.Tensor) -> tuple[tuple[int, int], ...]:

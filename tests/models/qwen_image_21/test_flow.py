@@ -43,6 +43,12 @@ def runner(tiny_dir: Path) -> QwenImage21FlowRunner:
 
 
 @pytest.fixture(scope="module")
+def uncached(tiny_dir: Path) -> QwenImage21FlowRunner:
+    """A runner that keeps no prefix across requests: every request runs its own."""
+    return QwenImage21FlowRunner(tiny_dir, output_resolution=OUTPUT_RESOLUTION, cache_bytes=0)
+
+
+@pytest.fixture(scope="module")
 def pipe(tiny_dir: Path) -> Any:
     return QwenImage21Pipeline.from_pretrained(tiny_dir)
 
@@ -128,39 +134,43 @@ class _Rows:
 
 
 def test_images_of_a_request_share_each_branchs_prefix(
-    runner: QwenImage21FlowRunner, monkeypatch: pytest.MonkeyPatch
+    uncached: QwenImage21FlowRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rows = _Rows(monkeypatch)
     request = ImageRequest("n3", "three of them", 64, 64, n=3, seed=9, num_inference_steps=2, source_images=(GREEN_WIDE,))
-    (states,) = runner.prepare([request])
-    runner.step(states)
-    runner.step(states)
+    (states,) = uncached.prepare([request])
+    uncached.step(states)
+    uncached.step(states)
     first, second = rows.calls
     assert len(first) == len(second) == 3 * 2  # three images, two guidance branches each
-    assert [row.fills_prefix for row in first] == [True, True] + [False] * 4  # each prefix is run once
-    assert not any(row.fills_prefix for row in second)
-    assert len({id(row.prefix) for row in first}) == 2
-    prefix = states[0].prefixes[0]
-    assert prefix.complete and prefix.inputs is None and len(prefix.keys) == 2
-    assert prefix.keys[0] is not None and prefix.keys[0].shape[0] == prefix.length
+    # The references' chunk is run once (by the first row), each branch's instruction once.
+    assert [len(row.filled) for row in first] == [2, 1, 0, 0, 0, 0]
+    assert first[0].prefix[0] is first[1].prefix[0]
+    assert not any(row.filled for row in second)
+    for chunk in states[0].prefixes[0]:
+        assert chunk.complete and chunk.inputs is None and len(chunk.keys) == 2
+        assert chunk.keys[0] is not None and chunk.keys[0].shape[0] == chunk.length
 
 
 def test_a_newcomers_prefill_joins_a_running_step(
-    runner: QwenImage21FlowRunner, pipe: Any, monkeypatch: pytest.MonkeyPatch
+    uncached: QwenImage21FlowRunner, pipe: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rows = _Rows(monkeypatch)
-    (early,) = runner.prepare([EDIT_ONE])
-    runner.step(early)
-    (late,) = runner.prepare([EDIT_TWO])
+    (early,) = uncached.prepare([EDIT_ONE])
+    uncached.step(early)
+    (late,) = uncached.prepare([EDIT_TWO])
     while active := [s for s in early + late if not s.done]:
-        runner.step(active)
+        uncached.step(active)
     joined = rows.calls[1]
-    assert [row.fills_prefix for row in joined] == [False, False, True, True]  # one forward, both kinds
-    assert_close(runner.decode(early), reference(pipe, EDIT_ONE))
-    assert_close(runner.decode(late), reference(pipe, EDIT_TWO))
+    assert [len(row.filled) for row in joined] == [0, 0, 2, 1]  # one forward, both kinds
+    assert_close(uncached.decode(early), reference(pipe, EDIT_ONE))
+    assert_close(uncached.decode(late), reference(pipe, EDIT_TWO))
 
 
-def test_a_failed_step_changes_nothing(runner: QwenImage21FlowRunner, pipe: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_step_changes_nothing(
+    uncached: QwenImage21FlowRunner, pipe: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = uncached
     (states,) = runner.prepare([EDIT_ONE])
     failing = {"left": 1}
     original = packed.PackContext.keys_and_values
@@ -177,7 +187,7 @@ def test_a_failed_step_changes_nothing(runner: QwenImage21FlowRunner, pipe: Any,
     with pytest.raises(RuntimeError, match="injected"):
         runner.step(states)
     assert states[0].step_index == 0 and torch.equal(states[0].latents, before)
-    assert not states[0].prefixes[0].complete and states[0].prefixes[0].inputs is not None
+    assert not any(chunk.complete or chunk.inputs is None for chunk in states[0].prefixes[0])
     while not states[0].done:
         runner.step(states)
     assert_close(runner.decode(states), reference(pipe, EDIT_ONE))
@@ -225,6 +235,7 @@ def test_price_counts_references_guidance_and_images(runner: QwenImage21FlowRunn
     # The first step runs the prompt's prefix and the target, per branch: at least that many tokens.
     (states,) = runner.prepare([GENERATE])
     assert base.tokens >= sum(layout.length for layout in states[0].layouts)
+    assert base.tokens == sum(layout.length for layout in states[0].layouts) + GENERATE.n * 0
 
 
 class _LargestOutput(TorchDispatchMode):
