@@ -57,7 +57,7 @@ def format_table(report: dict[str, Any]) -> str:
         def cell(r: dict[str, Any]) -> str:
             times = r["sequential_edits"][f"{side}_s"]
             later = sum(times[1:]) / max(1, len(times) - 1)
-            return f"{times[0]:.1f}/{later:.1f}"
+            return f"{times[0]:.2f}/{later:.2f}"
         return cell
 
     def later_over_first(side: str) -> Callable[[dict[str, Any]], str]:

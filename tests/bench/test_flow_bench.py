@@ -58,7 +58,7 @@ def test_table_shows_sequential_edits_burst_mix_and_machine_when_measured() -> N
     def cells(prefix: str) -> list[str]:
         return next(line for line in lines if line.startswith(prefix)).split()
 
-    assert cells("sequential edits, server: first")[-1] == "10.0/7.0"
+    assert cells("sequential edits, server: first")[-1] == "10.00/7.00"
     assert cells("sequential edits, server: later vs first")[-1] == "-30.0%"
     assert cells("sequential edits, diffusers: later vs first")[-1] == "+0.0%"
     assert cells("burst: edits")[-3:] == ["3/2", "of", "8"]
@@ -140,3 +140,18 @@ def test_process_tree_and_peak_rss_come_from_proc() -> None:
         child.kill()
         child.wait()
     assert peak_rss_bytes(child.pid) == 0
+
+
+def test_mid_qwen_image_21_transformer_has_the_stated_size() -> None:
+    import torch
+    from diffusers import QwenImage21Transformer2DModel
+
+    from diptych.models.qwen_image_21 import tiny
+
+    with torch.device("meta"):  # counted, not allocated
+        z_dim = tiny._VAE["z_dim"]
+        transformer = QwenImage21Transformer2DModel(**tiny.MID_TRANSFORMER, in_channels=z_dim, out_channels=z_dim,
+                                                    context_in_dim=tiny._TEXT["hidden_size"])
+    assert sum(p.numel() for p in transformer.parameters()) == 89_539_456
+    # The processor admits the references the mid checkpoint resizes to (its side squared).
+    assert tiny.MID_OUTPUT_RESOLUTION**2 <= tiny._MAX_PIXELS
