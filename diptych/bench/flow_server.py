@@ -1,7 +1,8 @@
 """The server side of ``diptych bench flow``: a ``diptych serve`` subprocess, bursts of requests, memory.
 
 Requests go over real HTTP (httpx), all of a burst sent at once; latency is measured
-from the burst's start to each response. Peak memory is each process's high-water mark
+from the burst's start to each response. A job with reference pictures is an edit
+(multipart, one ``image[]`` part per reference), any other a generation (JSON). Peak memory is each process's high-water mark
 (``VmHWM``), read from /proc before the server stops: the flow worker (named
 ``diptych-flow``) and the sum over the server's whole process tree (gateway, flow
 worker, vLLM's processes).
@@ -39,6 +40,9 @@ class ImageJob:
     height: int
     steps: int
     guidance_scale: float
+    # PNG bytes, sent as they are to the server and decoded from them for diffusers: both
+    # sides see the same pixels.
+    references: tuple[bytes, ...] = ()
 
     def body(self, model: str) -> dict[str, Any]:
         return {
@@ -46,6 +50,12 @@ class ImageJob:
             "size": f"{self.width}x{self.height}", "num_inference_steps": self.steps,
             "guidance_scale": self.guidance_scale, "response_format": "b64_json", "output_format": "png",
         }
+
+    def form(self, model: str) -> tuple[dict[str, str], list[tuple[str, tuple[str, bytes, str]]]]:
+        """An edit's multipart fields (all strings, as a form carries them) and its ``image[]`` files."""
+        fields = {key: str(value) for key, value in self.body(model).items()}
+        files = [("image[]", (f"reference-{i}.png", png, "image/png")) for i, png in enumerate(self.references)]
+        return fields, files
 
 
 def served_model(url: str) -> str:
@@ -65,16 +75,35 @@ async def _burst(url: str, model: str, jobs: list[ImageJob]) -> tuple[float, lis
         start = time.perf_counter()
 
         async def one(job: ImageJob) -> tuple[float, np.ndarray]:
-            response = await client.post("/v1/images/generations", json=job.body(model))
+            if job.references:
+                fields, files = job.form(model)
+                response = await client.post("/v1/images/edits", data=fields, files=files)
+            else:
+                response = await client.post("/v1/images/generations", json=job.body(model))
             if response.status_code != 200:
                 raise RuntimeError(f"server answered {response.status_code}: {response.text[:500]}")
             latency = time.perf_counter() - start
             png = base64.b64decode(response.json()["data"][0]["b64_json"])
-            return latency, np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+            return latency, as_array(Image.open(io.BytesIO(png)))
 
         results = await asyncio.gather(*(one(job) for job in jobs))
         wall = time.perf_counter() - start
     return wall, [latency for latency, _ in results], [image for _, image in results]
+
+
+def as_array(image: Image.Image) -> np.ndarray:
+    """RGBA pixels: families that draw alpha are compared on it, the others gain an opaque channel on both sides."""
+    return np.asarray(image.convert("RGBA"))
+
+
+def max_difference(ours: list[np.ndarray], theirs: list[np.ndarray]) -> int:
+    """The largest difference of any channel of any pixel between paired images (sizes must match)."""
+    worst = 0
+    for a, b in zip(ours, theirs, strict=True):
+        if a.shape != b.shape:
+            raise RuntimeError(f"image shapes differ: server {a.shape}, diffusers {b.shape}")
+        worst = max(worst, int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max()))
+    return worst
 
 
 # -- memory ---------------------------------------------------------------------------

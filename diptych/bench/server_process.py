@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,10 +56,11 @@ class ServerProcess:
 
 
 def start_server(model_dir: Path | None, work_dir: Path, *args: str, startup_timeout_s: float = 420,
-                 poll_s: float = 1.0) -> ServerProcess:
+                 poll_s: float = 1.0, env: Mapping[str, str] | None = None) -> ServerProcess:
     """``diptych serve --model model_dir`` (None: the embedded default model) with ``args``.
 
     Its log and cache go under ``work_dir``; ``/health`` is asked every ``poll_s`` until it is ok.
+    ``env`` adds to (or replaces in) the environment it inherits, e.g. ``OMP_NUM_THREADS``.
     """
     port = free_port()
     log_path = work_dir / f"server-{port}.log"
@@ -69,10 +70,11 @@ def start_server(model_dir: Path | None, work_dir: Path, *args: str, startup_tim
         "--port", str(port), "--cache-dir", str(work_dir / "cache"), "--kv-cache-gib", "0.5", *args,
     ]
     # The caller's DIPTYCH_* variables would change the server under test.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DIPTYCH_")}
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("DIPTYCH_")}
     with log_path.open("wb") as log:
         # Its own session: a stuck server is killed with its whole group.
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**inherited, **(env or {})},
+                                   start_new_session=True)
     server = ServerProcess(process, f"http://127.0.0.1:{port}", log_path)
     deadline = time.monotonic() + startup_timeout_s
     while time.monotonic() < deadline:

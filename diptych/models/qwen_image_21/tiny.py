@@ -10,6 +10,9 @@ The real pipeline resizes reference images to ``output_resolution``² (1024² by
 both the VLM and the VAE. A tiny checkpoint works at :data:`OUTPUT_RESOLUTION`, declared in
 ``model_index.json`` under ``_diptych_output_resolution`` (diffusers ignores keys starting
 with ``_``), so callers of the diffusers pipeline pass ``output_resolution`` themselves.
+
+:func:`write_mid_qwen_image_21` writes the same VLM and VAE around a mid-sized transformer
+(89.5M parameters) at :data:`MID_OUTPUT_RESOLUTION`, for ``diptych bench flow``.
 """
 
 from __future__ import annotations
@@ -104,6 +107,21 @@ _TRANSFORMER: dict[str, Any] = {
 # (see the Qwen-Image tiny checkpoint).
 _TRANSFORMER_INIT_STD = 0.2
 
+# A mid-sized transformer for benchmarks: 16 heads of 64 (width 1024), 6 blocks, 89.5M
+# parameters (13.6M a block: 4 x 1024² attention, 3 x 1024 x 3072 SwiGLU; 7.7M of embedders
+# and modulation), so that GEMMs dominate a step as with real checkpoints. Keeps diffusers'
+# own init: the tiny one's wide spread would blow up six 1024-wide blocks.
+MID_TRANSFORMER: dict[str, Any] = {
+    **_TRANSFORMER,
+    "num_layers": 6,
+    "attention_head_dim": 64,
+    "num_attention_heads": 16,
+    "axes_dims_rope": [16, 24, 24],
+}
+# The side the mid checkpoint works at: 16² target tokens of 16 px. Its references (256² in
+# their aspect) and sizes up to 512² stay within the processor's pixel budget (_MAX_PIXELS).
+MID_OUTPUT_RESOLUTION = 256
+
 _PIPELINE_COMPONENTS: dict[str, list[str]] = {
     "processor": ["transformers", "Qwen3VLProcessor"],
     "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
@@ -115,9 +133,18 @@ _PIPELINE_COMPONENTS: dict[str, list[str]] = {
 
 def write_tiny_qwen_image_21(out_dir: Path, seed: int = 0) -> Path:
     """A tiny random Qwen-Image 2.1 checkpoint in ``out_dir``; returns ``out_dir``."""
+    return _write_checkpoint(Path(out_dir), seed, _TRANSFORMER, _TRANSFORMER_INIT_STD, OUTPUT_RESOLUTION)
+
+
+def write_mid_qwen_image_21(out_dir: Path, seed: int = 0) -> Path:
+    """A random Qwen-Image 2.1 checkpoint with the mid-sized transformer (tiny VLM and VAE); returns ``out_dir``."""
+    return _write_checkpoint(Path(out_dir), seed, MID_TRANSFORMER, None, MID_OUTPUT_RESOLUTION)
+
+
+def _write_checkpoint(out_dir: Path, seed: int, transformer_config: dict[str, Any], init_std: float | None,
+                      output_resolution: int) -> Path:
     from diffusers import AutoencoderKLQwenImage21, FlowMatchEulerDiscreteScheduler, QwenImage21Transformer2DModel
 
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = qwen3_vl_tokenizer()
     ids = token_ids(tokenizer, SPECIAL_TOKENS)
@@ -133,14 +160,16 @@ def write_tiny_qwen_image_21(out_dir: Path, seed: int = 0) -> Path:
         stds = [round(v, 4) for v in (torch.rand(z_dim) * 1.5 + 0.5).tolist()]
         vae = AutoencoderKLQwenImage21(**_VAE, latents_mean=means, latents_std=stds)
         transformer = QwenImage21Transformer2DModel(
-            **_TRANSFORMER, in_channels=z_dim, out_channels=z_dim, context_in_dim=_TEXT["hidden_size"]
+            **transformer_config, in_channels=z_dim, out_channels=z_dim, context_in_dim=_TEXT["hidden_size"]
         )
-        redraw_linear(transformer, _TRANSFORMER_INIT_STD)
+        if init_std is not None:
+            redraw_linear(transformer, init_std)
     vae.save_pretrained(out_dir / "vae")
     transformer.save_pretrained(out_dir / "transformer")
     FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG).save_pretrained(out_dir / "scheduler")
-    _write_model_index(out_dir)
-    logger.info("wrote tiny Qwen-Image 2.1 checkpoint (seed %d) to %s", seed, out_dir)
+    _write_model_index(out_dir, output_resolution)
+    logger.info("wrote a Qwen-Image 2.1 checkpoint (seed %d, %d-layer transformer) to %s", seed,
+                transformer_config["num_layers"], out_dir)
     return out_dir
 
 
@@ -190,14 +219,13 @@ def _build_text_encoder(*, vocab_size: int, ids: dict[str, int], seed: int) -> A
                          vocab_size=vocab_size, ids=ids, seed=seed, initializer_range=_INITIALIZER_RANGE)
 
 
-
-def _write_model_index(out_dir: Path) -> None:
+def _write_model_index(out_dir: Path, output_resolution: int) -> None:
     import diffusers
 
     index: dict[str, Any] = {
         "_class_name": "QwenImage21Pipeline",
         "_diffusers_version": diffusers.__version__,
-        OUTPUT_RESOLUTION_KEY: OUTPUT_RESOLUTION,
+        OUTPUT_RESOLUTION_KEY: output_resolution,
         **_PIPELINE_COMPONENTS,
     }
     write_json(out_dir / "model_index.json", index)
