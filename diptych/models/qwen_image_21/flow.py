@@ -52,9 +52,11 @@ logger = logging.getLogger(__name__)
 # The pipeline works in 16x VAE cells; a VLM slot (32 px) covers 2x2 of them.
 VAE_SCALE = 16
 SIZE_MULTIPLE = 32
-# Activation memory of one forward, in multiples of its hidden states (q, k, v, attention
-# output, the 3x-wide gated MLP, residuals, modulation): a deliberate over-estimate.
-_ACTIVATION_FACTOR = 16
+# Activation memory of one forward, in multiples of its hidden states (q, k, v and their
+# float32 rotary copies, the packed keys and values, the 3x-wide gated MLP, residuals, the
+# per-token modulation). Measured on the mid checkpoint, a first step of 8 mixed requests
+# rose RSS by 892 MiB (docs/benchmarks.md); 32 prices it at 1123 MiB.
+_ACTIVATION_FACTOR = 32
 # Decode at most this many output pixels per VAE call; tile above this size (as Qwen-Image).
 _MAX_BATCH_PIXELS = 4 * 1024 * 1024
 _TILE_ABOVE_PIXELS = 1152 * 1152

@@ -263,3 +263,43 @@ def test_no_step_builds_an_l_by_l_tensor(tiny_dir: Path) -> None:
         with _LargestOutput() as probe:
             large.step(states)
         assert probe.largest < length * length // 4
+
+
+@pytest.mark.slow
+def test_the_price_covers_what_a_first_step_takes(tmp_path: Path) -> None:
+    # Resident memory, not a model of it: the mid checkpoint (1024 wide, as real GEMMs are), a
+    # burst's first step (every prefill and target), the allocator emptied before it. Warmed
+    # up first: the first forward in a process raises RSS once more (about 340 MiB here), and
+    # that is the process's, not a request's.
+    import ctypes
+    import gc
+
+    from diptych.models.qwen_image_21.tiny import MID_OUTPUT_RESOLUTION, write_mid_qwen_image_21
+
+    runner = QwenImage21FlowRunner(write_mid_qwen_image_21(tmp_path / "mid"), output_resolution=MID_OUTPUT_RESOLUTION,
+                                   cache_bytes=0)
+    warm = runner.prepare([ImageRequest("warm", "warm up", 256, 256, seed=0, num_inference_steps=2)])[0]
+    runner.step(warm)
+    runner.step(warm)
+    requests = [
+        ImageRequest(f"r{i}", "a prompt of some words " * (1 + i % 3), 256, 192 + 64 * (i % 2), seed=i,
+                     num_inference_steps=20,
+                     source_images=tuple(Image.new("RGB", (256, 256), (30 * i, 50, 200 - j)) for j in range(i % 3)))
+        for i in range(8)
+    ]
+    price = sum(runner.check(request).memory_bytes for request in requests)
+    states = [s for group in runner.prepare(requests) for s in group]
+    del warm
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")  # resets the high-water mark to the current RSS
+    before = _status_bytes("VmRSS")
+    runner.step(states)
+    assert price >= _status_bytes("VmHWM") - before
+
+
+def _status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"{field} not in /proc/self/status")
