@@ -12,6 +12,9 @@ from diptych.bench import flow
 from tests.conftest import TinyCheckpoint
 
 
+# Slow (about 35 s: a server and a diffusers process): what it checks beyond the harness's unit
+# tests, that served images equal diffusers', tests/e2e/test_qwen_image_21.py checks in CI.
+@pytest.mark.slow
 def test_bench_runs_mixed_bursts_singles_and_sequential_edits_and_images_agree(
     tiny_checkpoint: TinyCheckpoint, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
