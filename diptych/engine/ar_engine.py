@@ -357,6 +357,15 @@ def _sampling_params(sampling: SamplingOptions) -> SamplingParams:
         seed=sampling.seed,
         stop=list(sampling.stop) or None,
         ignore_eos=sampling.ignore_eos,
+        min_tokens=sampling.min_tokens,
+        min_p=sampling.min_p,
+        repetition_penalty=sampling.repetition_penalty,
+        presence_penalty=sampling.presence_penalty,
+        frequency_penalty=sampling.frequency_penalty,
+        stop_token_ids=list(sampling.stop_token_ids) or None,
+        logit_bias=dict(sampling.logit_bias) or None,
+        skip_special_tokens=sampling.skip_special_tokens,
+        include_stop_str_in_output=sampling.include_stop_str_in_output,
         output_kind=RequestOutputKind.DELTA,
     )
 

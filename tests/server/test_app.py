@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from tests.server.conftest import data_url, png_bytes
+from diptych.types import SamplingOptions
 from tests.server.fake_engine import FakeEngine
 
 
@@ -293,6 +294,21 @@ async def test_metrics_exposes_requests_latency_and_engine_gauges(make_client) -
     for line in ('diptych_flow_cache_hits_total{cache="prefix"} 3.0', 'diptych_flow_cache_misses_total{cache="prefix"} 2.0',
                  'diptych_flow_cache_bytes{cache="prefix"} 4096.0', 'diptych_flow_cache_entries{cache="prefix"} 1.0'):
         assert line in text
+
+
+async def test_chat_sampling_fields_reach_the_engine(make_client) -> None:
+    engine = FakeEngine()
+    client = make_client(engine)
+    response = await client.post("/v1/chat/completions", json=chat_body(
+        max_completion_tokens=12, temperature=0.5, top_p=0.9, top_k=5, min_p=0.1, seed=4, stop=["x"],
+        stop_token_ids=[7, 8], ignore_eos=True, min_tokens=3, repetition_penalty=1.2, presence_penalty=0.5,
+        frequency_penalty=-0.5, logit_bias={"11": -100, "12": 2.5}, skip_special_tokens=False,
+        include_stop_str_in_output=True, user="u", store=True, metadata={"k": "v"}, service_tier="default"))
+    assert response.status_code == 200, response.text
+    assert engine.chat_requests[-1].sampling == SamplingOptions(
+        max_tokens=12, temperature=0.5, top_p=0.9, top_k=5, seed=4, stop=("x",), ignore_eos=True, min_tokens=3,
+        min_p=0.1, repetition_penalty=1.2, presence_penalty=0.5, frequency_penalty=-0.5, stop_token_ids=(7, 8),
+        logit_bias=((11, -100.0), (12, 2.5)), skip_special_tokens=False, include_stop_str_in_output=True)
 
 
 async def test_unknown_route_is_404_envelope(make_client) -> None:

@@ -56,8 +56,25 @@ class ChatCompletionRequest(_Strict):
     n: int = Field(default=1, ge=1, le=1, description="Only one choice per request is served.")
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    logit_bias: dict[Annotated[str, Field(pattern=r"^[0-9]{1,9}$")], Annotated[float, Field(ge=-100.0, le=100.0)]] | None = (
+        Field(default=None, max_length=300, description="Token id (as a string) → bias added to its logit."))
     logprobs: Literal[False] | None = None
+    # vLLM's own sampling fields, as vLLM's OpenAI server takes them.
+    ignore_eos: bool = Field(default=False, description="vLLM: decode max_tokens tokens, ignoring end of sequence.")
+    min_tokens: int = Field(default=0, ge=0, description="vLLM: tokens generated before a stop can end the output.")
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0, description="vLLM: minimum probability relative "
+                                "to the most likely token.")
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0, description="vLLM: > 1 discourages "
+                                             "tokens already in the prompt or output.")
+    stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, max_length=64,
+                                                                      description="vLLM: token ids that end the output.")
+    skip_special_tokens: bool = Field(default=True, description="vLLM: leave special tokens out of the text.")
+    include_stop_str_in_output: bool = Field(default=False, description="vLLM: keep the stop string in the text.")
+    # OpenAI's fields with no effect on a self-hosted model: accepted, ignored (docs/api.md).
     user: str | None = None
+    store: bool | None = None
+    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
 
 
 class ResponseMessage(BaseModel):

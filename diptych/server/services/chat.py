@@ -81,6 +81,8 @@ def _sampling(body: ChatCompletionRequest, settings: Settings) -> SamplingOption
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     if len(stop) > 4:
         raise APIError(400, "stop: at most 4 stop sequences", param="stop")
+    if body.min_tokens > max_tokens:
+        raise APIError(400, f"min_tokens: {body.min_tokens} is more than max_tokens ({max_tokens})", param="min_tokens")
     return SamplingOptions(
         max_tokens=max_tokens,
         temperature=1.0 if body.temperature is None else body.temperature,
@@ -88,6 +90,16 @@ def _sampling(body: ChatCompletionRequest, settings: Settings) -> SamplingOption
         top_k=max(0, body.top_k or 0),
         seed=body.seed,
         stop=stop,
+        ignore_eos=body.ignore_eos,
+        min_tokens=body.min_tokens,
+        min_p=body.min_p or 0.0,
+        repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        stop_token_ids=tuple(body.stop_token_ids or ()),
+        logit_bias=tuple((int(token), bias) for token, bias in (body.logit_bias or {}).items()),
+        skip_special_tokens=body.skip_special_tokens,
+        include_stop_str_in_output=body.include_stop_str_in_output,
     )
 
 

@@ -1,0 +1,138 @@
+"""vLLM's and OpenAI's chat sampling fields, honoured through the real server (issue "Chat parity").
+
+Each field is sent as vLLM's OpenAI server takes it, and its effect is observed in the result.
+The tiny checkpoint's VLM is random: its greedy answers end early or run on, so effects are
+asserted on token counts and on the text's relation to the same request without the field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from diptych.bench.server_process import ServerProcess
+from tests.e2e.test_openai_sdk import MODEL, png_data_url, vqa_messages
+
+
+def _chat(server: ServerProcess, **fields: Any) -> httpx.Response:
+    body = {"model": MODEL, "messages": vqa_messages(), "temperature": 0, **fields}
+    return httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=120)
+
+
+def _completion_tokens(response: httpx.Response) -> int:
+    assert response.status_code == 200, response.text
+    return int(response.json()["usage"]["completion_tokens"])
+
+
+def test_ignore_eos_gives_exactly_max_tokens(server: ServerProcess) -> None:
+    natural = _completion_tokens(_chat(server, max_tokens=40))
+    assert _completion_tokens(_chat(server, max_tokens=40, ignore_eos=True)) == 40
+    assert natural <= 40
+    response = _chat(server, max_tokens=40, ignore_eos=True)
+    assert response.json()["choices"][0]["finish_reason"] == "length"
+
+
+WORD = " square"
+
+
+@pytest.fixture(scope="module")
+def forced(edit_checkpoint: Path) -> int:
+    """The token of WORD in the served checkpoint's vocabulary: with a bias of 100, greedy decoding picks it every time."""
+    from transformers import AutoTokenizer
+
+    (token,) = AutoTokenizer.from_pretrained(edit_checkpoint / "tokenizer").encode(WORD, add_special_tokens=False)
+    return int(token)
+
+
+def test_logit_bias_forces_a_token(server: ServerProcess, forced: int) -> None:
+    response = _chat(server, max_tokens=8, ignore_eos=True, logit_bias={str(forced): 100})
+    assert _completion_tokens(response) == 8
+    assert response.json()["choices"][0]["message"]["content"] == WORD * 8
+
+
+def test_stop_token_ids_end_the_output(server: ServerProcess, forced: int) -> None:
+    response = _chat(server, max_tokens=8, logit_bias={str(forced): 100}, stop_token_ids=[forced])
+    assert _completion_tokens(response) <= 1
+    choice = response.json()["choices"][0]
+    assert choice["finish_reason"] == "stop" and choice["message"]["content"] == ""
+
+
+def test_min_tokens_gives_at_least_that_many(server: ServerProcess, forced: int) -> None:
+    # The forced token is also a stop token: the output ends at once, unless min_tokens holds it off.
+    stopping = {"max_tokens": 16, "logit_bias": {str(forced): 100}, "stop_token_ids": [forced]}
+    assert _completion_tokens(_chat(server, **stopping)) <= 1
+    assert _completion_tokens(_chat(server, **stopping, min_tokens=6)) >= 6
+
+
+def test_penalties_and_bias_change_the_greedy_text(server: ServerProcess) -> None:
+    base = _chat(server, max_tokens=24, ignore_eos=True)
+    assert base.status_code == 200
+    text = base.json()["choices"][0]["message"]["content"]
+    changed = []
+    for fields in ({"repetition_penalty": 1.9}, {"frequency_penalty": 2.0}, {"presence_penalty": 2.0}):
+        response = _chat(server, max_tokens=24, ignore_eos=True, **fields)
+        assert response.status_code == 200, (fields, response.text)
+        changed.append(response.json()["choices"][0]["message"]["content"] != text)
+    assert any(changed)  # a random model repeats itself under greedy decoding; a penalty breaks that
+
+
+def test_min_p_and_seed_sample_reproducibly(server: ServerProcess) -> None:
+    first = _chat(server, max_tokens=16, temperature=1.0, seed=3, min_p=0.05)
+    second = _chat(server, max_tokens=16, temperature=1.0, seed=3, min_p=0.05)
+    assert first.status_code == second.status_code == 200
+    assert first.json()["choices"][0]["message"] == second.json()["choices"][0]["message"]
+
+
+def test_fields_without_effect_here_are_accepted(server: ServerProcess) -> None:
+    response = _chat(server, max_tokens=4, user="u-1", store=False, metadata={"team": "a"}, service_tier="auto",
+                     skip_special_tokens=True, include_stop_str_in_output=False)
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"min_tokens": 9, "max_tokens": 4}, "min_tokens"),
+        ({"repetition_penalty": 0}, "repetition_penalty"),
+        ({"min_p": 1.5}, "min_p"),
+        ({"ignore_eos": "yes"}, "ignore_eos"),
+        ({"stop_token_ids": [-1]}, "stop_token_ids.0"),
+        ({"logit_bias": {"abc": 1}}, "logit_bias.abc"),
+        ({"logit_bias": {"5": 101}}, "logit_bias.5"),
+    ],
+)
+def test_out_of_range_sampling_fields_are_400s(server: ServerProcess, fields: dict[str, Any], param: str) -> None:
+    response = _chat(server, **fields)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+
+
+def test_vllms_own_bench_client_runs_against_the_server(server: ServerProcess) -> None:
+    """vLLM's request function of ``vllm bench serve --backend openai-chat``, unmodified, with an image."""
+    import aiohttp
+    from vllm.benchmarks.lib.endpoint_request_func import RequestFuncInput, async_request_openai_chat_completions
+
+    async def run() -> list[Any]:
+        inputs = [
+            RequestFuncInput(
+                prompt=f"What is in the picture? {i}",
+                api_url=f"{server.base_url}/v1/chat/completions",
+                prompt_len=8,
+                output_len=12,
+                model=MODEL,
+                multi_modal_content={"type": "image_url", "image_url": {"url": png_data_url((40 * i, 90, 200))}},
+                ignore_eos=True,
+            )
+            for i in range(4)
+        ]
+        async with aiohttp.ClientSession() as session:
+            return await asyncio.gather(*(async_request_openai_chat_completions(i, session) for i in inputs))
+
+    outputs = asyncio.run(run())
+    for output in outputs:
+        assert output.success, output.error
+        assert output.output_tokens == 12  # ignore_eos: exactly output_len
