@@ -64,6 +64,7 @@ class TextDelta:
 
     text: str
     num_tokens: int
+    prompt_tokens: int = 0  # the prompt's tokens as the engine counted them (0: not known yet)
 
 
 @dataclass(frozen=True)

@@ -257,6 +257,7 @@ class AREngine:
                     yield ARTextDelta(
                         text=completion.text,
                         num_tokens=len(completion.token_ids),
+                        prompt_tokens=prompt_tokens,
                         token_ids=tuple(completion.token_ids),
                     )
                 if output.finished:

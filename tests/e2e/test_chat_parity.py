@@ -8,6 +8,7 @@ asserted on token counts and on the text's relation to the same request without 
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -136,3 +137,19 @@ def test_vllms_own_bench_client_runs_against_the_server(server: ServerProcess) -
     for output in outputs:
         assert output.success, output.error
         assert output.output_tokens == 12  # ignore_eos: exactly output_len
+
+
+def test_continuous_usage_stats_count_on_every_chunk(server: ServerProcess) -> None:
+    body = {"model": MODEL, "messages": vqa_messages(), "temperature": 0, "max_tokens": 6, "ignore_eos": True,
+            "stream": True, "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
+    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, timeout=120) as response:
+        assert response.status_code == 200
+        chunks = [json.loads(line[6:]) for line in response.iter_lines()
+                  if line.startswith("data: ") and line != "data: [DONE]"]
+    text_chunks = [c for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]
+    assert text_chunks and all("usage" in c for c in text_chunks)
+    counts = [c["usage"]["completion_tokens"] for c in text_chunks]
+    assert counts == sorted(counts) and counts[-1] <= 6
+    prompt = {c["usage"]["prompt_tokens"] for c in text_chunks}
+    final = chunks[-1]["usage"]
+    assert prompt == {final["prompt_tokens"]} and final["completion_tokens"] == 6

@@ -20,6 +20,7 @@ from diptych.server.schemas.chat import (
     ChunkChoice,
     Delta,
     ResponseMessage,
+    StreamOptions,
     Usage,
 )
 from diptych.server.schemas.errors import error_responses
@@ -36,8 +37,8 @@ def chat_router(engine: EngineClient, settings: Settings, fetcher: RemoteImageFe
     async def respond(body: ChatCompletionRequest) -> JSONResponse | EventSourceResponse:
         run = await chat.complete(body, engine, settings, fetcher)
         if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return sse_response(_chunks(run, body.model, include_usage), keepalive_s=settings.sse_keepalive_s,
+            options = body.stream_options or StreamOptions()
+            return sse_response(_chunks(run, body.model, options), keepalive_s=settings.sse_keepalive_s,
                                 on_close=run.stream.aclose)
         return await _completion(run, body.model)
 
@@ -79,8 +80,13 @@ async def _completion(run: chat.ChatRun, model: str) -> JSONResponse:
     return JSONResponse(completion.model_dump())
 
 
-async def _chunks(run: chat.ChatRun, model: str, include_usage: bool) -> AsyncIterator[ServerSentEvent]:
-    """``chat.completion.chunk`` events: the role, each piece of text, the finish, usage if asked, ``[DONE]``."""
+async def _chunks(run: chat.ChatRun, model: str, options: StreamOptions) -> AsyncIterator[ServerSentEvent]:
+    """``chat.completion.chunk`` events: the role, each piece of text, the finish, usage if asked, ``[DONE]``.
+
+    With ``continuous_usage_stats`` (vLLM's option, with ``include_usage``) every text chunk
+    carries the usage so far, as vLLM's server sends it."""
+    continuous = options.include_usage and options.continuous_usage_stats
+    completion_tokens = 0
 
     def chunk(delta: Delta, finish: str | None = None, usage: Usage | None = None,
               choices: bool = True) -> ServerSentEvent:
@@ -100,11 +106,14 @@ async def _chunks(run: chat.ChatRun, model: str, include_usage: bool) -> AsyncIt
 
     yield chunk(Delta(role="assistant", content=""))
     async for event in run.stream.events():
-        if isinstance(event, TextDelta) and event.text:
-            yield chunk(Delta(content=event.text))
+        if isinstance(event, TextDelta):
+            completion_tokens += event.num_tokens
+            if event.text:
+                so_far = ChatFinished("stop", event.prompt_tokens, completion_tokens)
+                yield chunk(Delta(content=event.text), usage=_usage(so_far) if continuous else None)
         elif isinstance(event, ChatFinished):
-            yield chunk(Delta(), finish=event.finish_reason)
-            if include_usage:
+            yield chunk(Delta(), finish=event.finish_reason, usage=_usage(event) if continuous else None)
+            if options.include_usage:
                 yield chunk(Delta(), usage=_usage(event), choices=False)
             break
     yield sse_event("[DONE]")

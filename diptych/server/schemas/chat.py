@@ -39,6 +39,8 @@ class Message(_Strict):
 
 class StreamOptions(_Strict):
     include_usage: bool = False
+    # vLLM's: usage so far on every chunk, not only in a last one.
+    continuous_usage_stats: bool = False
 
 
 class ChatCompletionRequest(_Strict):
