@@ -49,6 +49,7 @@ class SamplingOptions:
     logit_bias: tuple[tuple[int, float], ...] = ()  # token id → bias added to its logit
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    logprobs: int | None = None  # None: none; k: each token's log-probability and its k most likely alternatives
 
 
 @dataclass(frozen=True)
@@ -59,12 +60,22 @@ class ChatRequest:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's text and log-probability, and the most likely tokens at its position."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class TextDelta:
     """New text of a chat completion, as it is decoded."""
 
     text: str
     num_tokens: int
     prompt_tokens: int = 0  # the prompt's tokens as the engine counted them (0: not known yet)
+    logprobs: tuple[TokenLogprob, ...] = ()  # one per new token, when asked for
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from diptych.engine.devices import resolve_dtype
 from diptych.engine.errors import EngineError, EngineUnavailableError, InvalidRequestError, QueueFullError
 from diptych.engine.protocol import HealthState
 from diptych.models.base import ChatPrompt
-from diptych.types import ChatFinished, EngineConfig, SamplingOptions, TextDelta
+from diptych.types import ChatFinished, EngineConfig, SamplingOptions, TextDelta, TokenLogprob
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -258,6 +258,7 @@ class AREngine:
                         text=completion.text,
                         num_tokens=len(completion.token_ids),
                         prompt_tokens=prompt_tokens,
+                        logprobs=_token_logprobs(completion, sampling.logprobs),
                         token_ids=tuple(completion.token_ids),
                     )
                 if output.finished:
@@ -367,8 +368,26 @@ def _sampling_params(sampling: SamplingOptions) -> SamplingParams:
         logit_bias=dict(sampling.logit_bias) or None,
         skip_special_tokens=sampling.skip_special_tokens,
         include_stop_str_in_output=sampling.include_stop_str_in_output,
+        logprobs=sampling.logprobs,
         output_kind=RequestOutputKind.DELTA,
     )
+
+
+def _token_logprobs(completion: Any, top: int | None) -> tuple[TokenLogprob, ...]:
+    """vLLM's per-token logprob dicts (token id → Logprob with rank and decoded text) as :class:`TokenLogprob`."""
+    if top is None or not completion.logprobs:
+        return ()
+    out = []
+    for token_id, alternatives in zip(completion.token_ids, completion.logprobs, strict=True):
+        chosen = alternatives[token_id]
+        ranked = sorted((lp for lp in alternatives.values() if lp.rank is not None and lp.rank <= top),
+                        key=lambda lp: lp.rank)
+        out.append(TokenLogprob(
+            token=chosen.decoded_token or "",
+            logprob=float(chosen.logprob),
+            top=tuple((lp.decoded_token or "", float(lp.logprob)) for lp in ranked[:top]),
+        ))
+    return tuple(out)
 
 
 def _finish_reason(reason: str | None, request_id: str) -> Literal["stop", "length"]:

@@ -153,3 +153,35 @@ def test_continuous_usage_stats_count_on_every_chunk(server: ServerProcess) -> N
     prompt = {c["usage"]["prompt_tokens"] for c in text_chunks}
     final = chunks[-1]["usage"]
     assert prompt == {final["prompt_tokens"]} and final["completion_tokens"] == 6
+
+
+def test_logprobs_come_back_in_openais_shape(server: ServerProcess) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+    completion = client.chat.completions.create(
+        model=MODEL, messages=vqa_messages(), max_tokens=6, temperature=0, logprobs=True, top_logprobs=3,  # type: ignore[arg-type]
+        extra_body={"ignore_eos": True},
+    )
+    choice = completion.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content is not None
+    tokens = choice.logprobs.content
+    assert len(tokens) == 6
+    # Special tokens are listed (as vLLM lists them) but left out of the text (skip_special_tokens).
+    text = "".join(t.token for t in tokens if not (t.token.startswith("<|") and t.token.endswith("|>")))
+    assert text == choice.message.content
+    for token in tokens:
+        assert token.logprob <= 0 and token.bytes == list(token.token.encode())
+        assert len(token.top_logprobs) == 3
+        alternatives = [t.logprob for t in token.top_logprobs]
+        assert alternatives == sorted(alternatives, reverse=True)
+        assert token.logprob == pytest.approx(alternatives[0])  # greedy: the most likely token was taken
+
+    stream = client.chat.completions.create(
+        model=MODEL, messages=vqa_messages(), max_tokens=6, temperature=0, logprobs=True, top_logprobs=3,  # type: ignore[arg-type]
+        stream=True, extra_body={"ignore_eos": True},
+    )
+    streamed = [t for chunk in stream if chunk.choices and chunk.choices[0].logprobs
+                for t in chunk.choices[0].logprobs.content or []]
+    assert [t.token for t in streamed] == [t.token for t in tokens]
+    assert [t.logprob for t in streamed] == pytest.approx([t.logprob for t in tokens])

@@ -17,10 +17,13 @@ from diptych.server.schemas.chat import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     Choice,
+    ChoiceLogprobs,
     ChunkChoice,
     Delta,
     ResponseMessage,
     StreamOptions,
+    TokenLogprobOut,
+    TopLogprob,
     Usage,
 )
 from diptych.server.schemas.errors import error_responses
@@ -38,9 +41,10 @@ def chat_router(engine: EngineClient, settings: Settings, fetcher: RemoteImageFe
         run = await chat.complete(body, engine, settings, fetcher)
         if body.stream:
             options = body.stream_options or StreamOptions()
-            return sse_response(_chunks(run, body.model, options), keepalive_s=settings.sse_keepalive_s,
+            return sse_response(_chunks(run, body.model, options, bool(body.logprobs)),
+                                keepalive_s=settings.sse_keepalive_s,
                                 on_close=run.stream.aclose)
-        return await _completion(run, body.model)
+        return await _completion(run, body.model, bool(body.logprobs))
 
     @router.post(
         "/v1/chat/completions",
@@ -66,21 +70,34 @@ def _usage(finished: ChatFinished) -> Usage:
     )
 
 
-async def _completion(run: chat.ChatRun, model: str) -> JSONResponse:
+def _logprobs(deltas: list[TextDelta], wanted: bool) -> ChoiceLogprobs | None:
+    """OpenAI's ``logprobs.content``: each token with its bytes and its most likely alternatives."""
+    if not wanted:
+        return None
+    return ChoiceLogprobs(content=[
+        TokenLogprobOut(token=lp.token, logprob=lp.logprob, bytes=list(lp.token.encode()),
+                        top_logprobs=[TopLogprob(token=t, logprob=v, bytes=list(t.encode())) for t, v in lp.top])
+        for delta in deltas for lp in delta.logprobs
+    ])
+
+
+async def _completion(run: chat.ChatRun, model: str, logprobs: bool) -> JSONResponse:
     deltas, finished = await run.stream.until(ChatFinished)
-    pieces = [event.text for event in deltas if isinstance(event, TextDelta)]
+    texts = [event for event in deltas if isinstance(event, TextDelta)]
     completion = ChatCompletion(
         id=run.request_id,
         created=run.created,
         model=model,
-        choices=[Choice(index=0, message=ResponseMessage(content="".join(pieces)),
-                        finish_reason=finished.finish_reason)],
+        choices=[Choice(index=0, message=ResponseMessage(content="".join(event.text for event in texts)),
+                        logprobs=_logprobs(texts, logprobs), finish_reason=finished.finish_reason)],
         usage=_usage(finished),
     )
     return JSONResponse(completion.model_dump())
 
 
-async def _chunks(run: chat.ChatRun, model: str, options: StreamOptions) -> AsyncIterator[ServerSentEvent]:
+async def _chunks(
+    run: chat.ChatRun, model: str, options: StreamOptions, logprobs: bool
+) -> AsyncIterator[ServerSentEvent]:
     """``chat.completion.chunk`` events: the role, each piece of text, the finish, usage if asked, ``[DONE]``.
 
     With ``continuous_usage_stats`` (vLLM's option, with ``include_usage``) every text chunk
@@ -89,12 +106,13 @@ async def _chunks(run: chat.ChatRun, model: str, options: StreamOptions) -> Asyn
     completion_tokens = 0
 
     def chunk(delta: Delta, finish: str | None = None, usage: Usage | None = None,
-              choices: bool = True) -> ServerSentEvent:
+              choices: bool = True, token_logprobs: ChoiceLogprobs | None = None) -> ServerSentEvent:
         body = ChatCompletionChunk(
             id=run.request_id,
             created=run.created,
             model=model,
-            choices=[ChunkChoice(index=0, delta=delta, finish_reason=finish)] if choices else [],  # type: ignore[arg-type]
+            choices=[ChunkChoice(index=0, delta=delta, logprobs=token_logprobs,  # type: ignore[arg-type]
+                                 finish_reason=finish)] if choices else [],
             usage=usage,
         )
         payload = body.model_dump()
@@ -108,9 +126,11 @@ async def _chunks(run: chat.ChatRun, model: str, options: StreamOptions) -> Asyn
     async for event in run.stream.events():
         if isinstance(event, TextDelta):
             completion_tokens += event.num_tokens
-            if event.text:
+            # A token with no text yet (a special token, part of a UTF-8 sequence) still has its logprob.
+            if event.text or (logprobs and event.logprobs):
                 so_far = ChatFinished("stop", event.prompt_tokens, completion_tokens)
-                yield chunk(Delta(content=event.text), usage=_usage(so_far) if continuous else None)
+                yield chunk(Delta(content=event.text), usage=_usage(so_far) if continuous else None,
+                            token_logprobs=_logprobs([event], logprobs))
         elif isinstance(event, ChatFinished):
             yield chunk(Delta(), finish=event.finish_reason, usage=_usage(event) if continuous else None)
             if options.include_usage:

@@ -60,7 +60,9 @@ class ChatCompletionRequest(_Strict):
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     logit_bias: dict[Annotated[str, Field(pattern=r"^[0-9]{1,9}$")], Annotated[float, Field(ge=-100.0, le=100.0)]] | None = (
         Field(default=None, max_length=300, description="Token id (as a string) → bias added to its logit."))
-    logprobs: Literal[False] | None = None
+    logprobs: bool | None = Field(default=None, description="Each output token's log-probability.")
+    top_logprobs: int | None = Field(default=None, ge=0, le=20, description="With logprobs: this many most "
+                                     "likely tokens at each position.")
     # vLLM's own sampling fields, as vLLM's OpenAI server takes them.
     ignore_eos: bool = Field(default=False, description="vLLM: decode max_tokens tokens, ignoring end of sequence.")
     min_tokens: int = Field(default=0, ge=0, description="vLLM: tokens generated before a stop can end the output.")
@@ -84,9 +86,24 @@ class ResponseMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprobOut(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprobOut]
+
+
 class Choice(BaseModel):
     index: int
     message: ResponseMessage
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: Literal["stop", "length"]
 
 
@@ -113,6 +130,7 @@ class Delta(BaseModel):
 class ChunkChoice(BaseModel):
     index: int
     delta: Delta
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None = None
 
 

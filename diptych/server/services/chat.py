@@ -81,6 +81,8 @@ def _sampling(body: ChatCompletionRequest, settings: Settings) -> SamplingOption
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     if len(stop) > 4:
         raise APIError(400, "stop: at most 4 stop sequences", param="stop")
+    if body.top_logprobs is not None and not body.logprobs:
+        raise APIError(400, "top_logprobs: needs logprobs: true", param="top_logprobs")
     if body.min_tokens > max_tokens:
         raise APIError(400, f"min_tokens: {body.min_tokens} is more than max_tokens ({max_tokens})", param="min_tokens")
     return SamplingOptions(
@@ -100,6 +102,7 @@ def _sampling(body: ChatCompletionRequest, settings: Settings) -> SamplingOption
         logit_bias=tuple((int(token), bias) for token, bias in (body.logit_bias or {}).items()),
         skip_special_tokens=body.skip_special_tokens,
         include_stop_str_in_output=body.include_stop_str_in_output,
+        logprobs=(body.top_logprobs or 0) if body.logprobs else None,
     )
 
 

@@ -88,7 +88,9 @@ CASES = [
     _c("n-2", chat(n=2), "n"),
     _c("presence-penalty-3", chat(presence_penalty=3), "presence_penalty"),
     _c("frequency-penalty-minus-3", chat(frequency_penalty=-3), "frequency_penalty"),
-    _c("logprobs-true", chat(logprobs=True), "logprobs"),
+    _c("logprobs-string", chat(logprobs="yes"), "logprobs"),
+    _c("top-logprobs-21", chat(logprobs=True, top_logprobs=21), "top_logprobs"),
+    _c("top-logprobs-negative", chat(logprobs=True, top_logprobs=-1), "top_logprobs"),
     # vLLM's sampling fields and OpenAI's logit_bias: types and ranges.
     _c("ignore-eos-string", chat(ignore_eos="yes"), "ignore_eos"),
     _c("min-tokens-negative", chat(min_tokens=-1), "min_tokens"),
@@ -109,6 +111,7 @@ CASES = [
     _c("messages-empty", chat(messages=[]), "messages"),
     _c("stop-five-sequences", chat(stop=["a", "b", "c", "d", "e"]), "stop", None),
     _c("min-tokens-over-max-tokens", chat(min_tokens=9, max_tokens=4), "min_tokens", None),
+    _c("top-logprobs-without-logprobs", chat(top_logprobs=2), "top_logprobs", None),
     _c("last-message-assistant", chat(messages=[user_message(text_part("hi")),
                                                 {"role": "assistant", "content": "hello"}]), "messages", None),
     _c("image-in-assistant-message", chat(messages=[{"role": "assistant", "content": [image_part(IMG)]},
