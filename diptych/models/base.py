@@ -195,6 +195,21 @@ def safetensors_in(directory: Path) -> tuple[Path, ...]:
     return tuple(sorted(directory.glob("*.safetensors")))
 
 
+def diffusers_vlm_weight_files(model_dir: Path) -> dict[str, tuple[WeightFiles, ...]]:
+    """``weight_files()`` of a diffusers checkpoint whose ``text_encoder/`` VLM answers questions.
+
+    vLLM serves that VLM (staged); the flow worker loads it again to encode prompts itself,
+    next to the transformer and the VAE."""
+
+    def component(name: str) -> WeightFiles:
+        return WeightFiles(name, safetensors_in(model_dir / name))
+
+    return {
+        "ar": (component("text_encoder"),),
+        "flow": tuple(component(name) for name in ("transformer", "vae", "text_encoder")),
+    }
+
+
 class FamilyAdapter(Protocol):
     """The only place that knows a checkpoint's layout."""
 

@@ -14,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
-from diptych.models.base import Capabilities, ChatPrompt, FlowRunner, WeightFiles, safetensors_in
+from diptych.models.base import Capabilities, ChatPrompt, FlowRunner, WeightFiles, diffusers_vlm_weight_files
 from diptych.models.qwen_image.source import DEFAULT_SOURCE_AREA, SOURCE_AREA_KEY
 from diptych.types import ChatMessage
 
@@ -114,15 +114,8 @@ class QwenImageAdapter:
                                    cache_bytes=cache_bytes)
 
     def weight_files(self) -> Mapping[str, tuple[WeightFiles, ...]]:
-        def component(name: str) -> WeightFiles:
-            return WeightFiles(name, safetensors_in(self.model_dir / name))
-
-        # vLLM serves the VLM of text_encoder/ (staged, vlm_staging.py). The flow worker loads
-        # the VLM again, to encode prompts itself (components.py), next to the transformer and the VAE.
-        return {
-            "ar": (component("text_encoder"),),
-            "flow": tuple(component(name) for name in ("transformer", "vae", "text_encoder")),
-        }
+        # The Qwen2.5-VL twice: staged for vLLM (vlm_staging.py), and for prompts (components.py).
+        return diffusers_vlm_weight_files(self.model_dir)
 
 
 def _declared_guidance(index: dict[str, Any], model_dir: Path) -> float:

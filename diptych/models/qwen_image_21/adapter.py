@@ -14,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
-from diptych.models.base import Capabilities, ChatPrompt, FlowRunner, WeightFiles, safetensors_in
+from diptych.models.base import Capabilities, ChatPrompt, FlowRunner, WeightFiles, diffusers_vlm_weight_files
 from diptych.types import ChatMessage
 
 # Declared in model_index.json (diffusers ignores keys starting with "_"); the pipeline takes it
@@ -101,15 +101,7 @@ class QwenImage21Adapter:
                                      cache_bytes=cache_bytes)
 
     def weight_files(self) -> Mapping[str, tuple[WeightFiles, ...]]:
-        def component(name: str) -> WeightFiles:
-            return WeightFiles(name, safetensors_in(self.model_dir / name))
-
-        # vLLM serves the Qwen3-VL of text_encoder/ (staged); the flow worker loads it again to
-        # encode prompts, next to the transformer and the VAE.
-        return {
-            "ar": (component("text_encoder"),),
-            "flow": tuple(component(name) for name in ("transformer", "vae", "text_encoder")),
-        }
+        return diffusers_vlm_weight_files(self.model_dir)  # the Qwen3-VL twice: vLLM's, and the prompts'
 
 
 def _declared_resolution(index: dict[str, Any], model_dir: Path) -> int:
