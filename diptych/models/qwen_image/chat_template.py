@@ -30,6 +30,26 @@ IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 VIDEO_PLACEHOLDER = "<|vision_start|><|video_pad|><|vision_end|>"
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
+# The body of one message, from the Jinja variable ``content``: a string, or parts in which
+# each image (or video) is a vision-start / pad / vision-end triple that the processor
+# expands, with optional "Picture N: " labels (``add_vision_id``; the template sets the
+# ``image_count`` and ``video_count`` namespaces). Qwen2.5-VL's and Qwen3-VL's templates
+# render it alike.
+CONTENT_PARTS = (
+    "{%- if content is string -%}{{- content -}}"
+    "{%- else -%}{%- for part in content -%}"
+    "{%- if part['type'] == 'image' or 'image' in part or 'image_url' in part -%}"
+    "{%- set image_count.value = image_count.value + 1 -%}"
+    "{%- if add_vision_id -%}{{- 'Picture ' ~ image_count.value ~ ': ' -}}{%- endif -%}"
+    "{{- '" + IMAGE_PLACEHOLDER + "' -}}"
+    "{%- elif part['type'] == 'video' or 'video' in part -%}"
+    "{%- set video_count.value = video_count.value + 1 -%}"
+    "{%- if add_vision_id -%}{{- 'Video ' ~ video_count.value ~ ': ' -}}{%- endif -%}"
+    "{{- '" + VIDEO_PLACEHOLDER + "' -}}"
+    "{%- elif 'text' in part -%}{{- part['text'] -}}"
+    "{%- endif -%}{%- endfor -%}{%- endif -%}"
+)
+
 # Renders like Qwen2.5-VL's published template: a default system turn when the
 # conversation has none, one ``<|im_start|>role\n…<|im_end|>\n`` block per message, each
 # image (or video) as a vision-start / pad / vision-end triple that the processor expands,
@@ -42,24 +62,9 @@ CHAT_TEMPLATE = (
     "{{- '<|im_start|>system\\n" + DEFAULT_SYSTEM_PROMPT + "<|im_end|>\\n' -}}"
     "{%- endif -%}"
     "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
-    "{%- if message['content'] is string -%}"
-    "{{- message['content'] -}}"
-    "{%- else -%}"
-    "{%- for part in message['content'] -%}"
-    "{%- if part['type'] == 'image' or 'image' in part or 'image_url' in part -%}"
-    "{%- set image_count.value = image_count.value + 1 -%}"
-    "{%- if add_vision_id -%}{{- 'Picture ' ~ image_count.value ~ ': ' -}}{%- endif -%}"
-    "{{- '" + IMAGE_PLACEHOLDER + "' -}}"
-    "{%- elif part['type'] == 'video' or 'video' in part -%}"
-    "{%- set video_count.value = video_count.value + 1 -%}"
-    "{%- if add_vision_id -%}{{- 'Video ' ~ video_count.value ~ ': ' -}}{%- endif -%}"
-    "{{- '" + VIDEO_PLACEHOLDER + "' -}}"
-    "{%- elif 'text' in part -%}"
-    "{{- part['text'] -}}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- endif -%}"
-    "{{- '<|im_end|>\\n' -}}"
+    "{%- set content = message['content'] -%}"
+    + CONTENT_PARTS
+    + "{{- '<|im_end|>\\n' -}}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}"
     "{{- '<|im_start|>assistant\\n' -}}"

@@ -8,8 +8,8 @@ template renders it: ``<|im_start|>system\\n{text}<|im_end|>\\n``, text parts co
 
 from __future__ import annotations
 
-from diptych.models.qwen_image.chat_template import IMAGE_PLACEHOLDER, SPECIAL_TOKENS as QWEN2_5_VL_SPECIAL_TOKENS
-from diptych.models.qwen_image.chat_template import VIDEO_PLACEHOLDER
+from diptych.models.qwen_image.chat_template import CONTENT_PARTS
+from diptych.models.qwen_image.chat_template import SPECIAL_TOKENS as QWEN2_5_VL_SPECIAL_TOKENS
 
 # Qwen3-VL numbers Qwen2.5-VL's special tokens first (151643 … 151656), then these
 # (151657 … 151668): tool and fill-in-the-middle markers and the thinking delimiters.
@@ -31,22 +31,8 @@ SPECIAL_TOKENS: tuple[str, ...] = QWEN2_5_VL_SPECIAL_TOKENS + QWEN3_EXTRA_TOKENS
 
 # The parts of Qwen3-VL-Instruct's template that a prompt encoder meets (tools are left out):
 # a leading system message rendered once, with no default system turn when there is none;
-# user turns with images / videos as vision-start / pad / vision-end triples and optional
-# "Picture N: " labels; assistant turns; the assistant header on request.
-_CONTENT = (
-    "{%- if content is string -%}{{- content -}}"
-    "{%- else -%}{%- for part in content -%}"
-    "{%- if part['type'] == 'image' or 'image' in part or 'image_url' in part -%}"
-    "{%- set image_count.value = image_count.value + 1 -%}"
-    "{%- if add_vision_id -%}{{- 'Picture ' ~ image_count.value ~ ': ' -}}{%- endif -%}"
-    "{{- '" + IMAGE_PLACEHOLDER + "' -}}"
-    "{%- elif part['type'] == 'video' or 'video' in part -%}"
-    "{%- set video_count.value = video_count.value + 1 -%}"
-    "{%- if add_vision_id -%}{{- 'Video ' ~ video_count.value ~ ': ' -}}{%- endif -%}"
-    "{{- '" + VIDEO_PLACEHOLDER + "' -}}"
-    "{%- elif 'text' in part -%}{{- part['text'] -}}"
-    "{%- endif -%}{%- endfor -%}{%- endif -%}"
-)
+# user turns with images / videos (CONTENT_PARTS, as Qwen2.5-VL's); assistant turns; the
+# assistant header on request.
 CHAT_TEMPLATE = (
     "{%- set image_count = namespace(value=0) -%}"
     "{%- set video_count = namespace(value=0) -%}"
@@ -54,7 +40,7 @@ CHAT_TEMPLATE = (
     "{%- if message['role'] != 'system' or loop.first -%}"
     "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
     "{%- set content = message['content'] -%}"
-    + _CONTENT
+    + CONTENT_PARTS
     + "{{- '<|im_end|>\\n' -}}"
     "{%- endif -%}"
     "{%- endfor -%}"
