@@ -115,18 +115,6 @@ class ChunkTokens:
         return self.slots.numel() + (self.vlm.nbytes if self.vlm is not None else 0)
 
 
-class _Once:
-    """A value computed on first use (the references' VAE latents: a prefix found in the cache needs none)."""
-
-    def __init__(self, make: Callable[[], torch.Tensor]) -> None:
-        self._make, self._value = make, None
-
-    def __call__(self) -> torch.Tensor:
-        if self._value is None:
-            self._value = self._make()
-        return self._value
-
-
 def _slots(chain: Sequence[PrefixKV]) -> torch.Tensor:
     return torch.cat([chunk.extra.slots for chunk in chain])
 
@@ -243,8 +231,10 @@ class QwenImage21FlowRunner:
         shapes.append((1, request.height // VAE_SCALE, request.width // VAE_SCALE))
         negative = resolve_guidance(request.guidance_scale, request.negative_prompt)
         prompts = [request.prompt] if negative is None else [request.prompt, negative]
-        latents = _Once(lambda: self._condition_latents(references))
-        chains = [self._chain(prompt, references, latents, made) for prompt in prompts]
+        # The references' latents are encoded only for a references' chunk not found (once a
+        # request: its second branch finds the first's chunk in ``made``).
+        chains = [self._chain(prompt, references, lambda: self._condition_latents(references), made)
+                  for prompt in prompts]
         layouts = [branch_layout(self._transformer, _slots(chain), shapes) for chain in chains]
 
         seed = request.seed if request.seed is not None else secrets.randbits(63)
@@ -254,7 +244,7 @@ class QwenImage21FlowRunner:
                                               request.height, request.width, self._dtype, self._device, generator)
         sigmas, timesteps = flow_schedule(request.num_inference_steps, noise.shape[1], self._shift,
                                           base_sigmas=self._sample_sigmas)
-        prompt_tokens = int(_slots(chains[0]).numel())
+        prompt_tokens = sum(chunk.extra.slots.numel() for chunk in chains[0])
         return [
             QwenImage21FlowState(
                 request_id=request.request_id,
@@ -296,7 +286,8 @@ class QwenImage21FlowRunner:
         return torch.cat(packed)
 
     def _chain(
-        self, prompt: str, references: Sequence[Reference], latents: _Once, made: dict[Hashable, Chain]
+        self, prompt: str, references: Sequence[Reference], latents: Callable[[], torch.Tensor],
+        made: dict[Hashable, Chain],
     ) -> Chain:
         """The prefix chunks of one branch: from the cache where they are there, otherwise encoded.
 

@@ -49,9 +49,13 @@ class PrefixKV:
     values: list[torch.Tensor | None] = field(default_factory=list)
     complete: bool = False
     extra: Any = None
+    # Fixed once complete; counted then, since the cache and /metrics ask at every step.
+    _complete_nbytes: int | None = field(default=None, init=False, repr=False)
 
     @property
     def nbytes(self) -> int:
+        if self._complete_nbytes is not None:
+            return self._complete_nbytes
         tensors = [t for t in (*self.keys, *self.values, self.inputs) if t is not None]
         return sum(t.numel() * t.element_size() for t in tensors) + int(getattr(self.extra, "nbytes", 0))
 
@@ -64,6 +68,7 @@ class PrefixKV:
     def finish(self) -> None:
         """Mark the prefix complete (called after the forward that filled it succeeded)."""
         self.complete, self.inputs = True, None
+        self._complete_nbytes = self.nbytes
 
 
 @dataclass(frozen=True, eq=False)

@@ -62,12 +62,9 @@ def chat_router(engine: EngineClient, settings: Settings, fetcher: RemoteImageFe
     return router
 
 
-def _usage(finished: ChatFinished) -> Usage:
-    return Usage(
-        prompt_tokens=finished.prompt_tokens,
-        completion_tokens=finished.completion_tokens,
-        total_tokens=finished.prompt_tokens + finished.completion_tokens,
-    )
+def _usage(prompt_tokens: int, completion_tokens: int) -> Usage:
+    return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                 total_tokens=prompt_tokens + completion_tokens)
 
 
 def _logprobs(deltas: list[TextDelta], wanted: bool) -> ChoiceLogprobs | None:
@@ -90,7 +87,7 @@ async def _completion(run: chat.ChatRun, model: str, logprobs: bool) -> JSONResp
         model=model,
         choices=[Choice(index=0, message=ResponseMessage(content="".join(event.text for event in texts)),
                         logprobs=_logprobs(texts, logprobs), finish_reason=finished.finish_reason)],
-        usage=_usage(finished),
+        usage=_usage(finished.prompt_tokens, finished.completion_tokens),
     )
     return JSONResponse(completion.model_dump())
 
@@ -128,12 +125,13 @@ async def _chunks(
             completion_tokens += event.num_tokens
             # A token with no text yet (a special token, part of a UTF-8 sequence) still has its logprob.
             if event.text or (logprobs and event.logprobs):
-                so_far = ChatFinished("stop", event.prompt_tokens, completion_tokens)
-                yield chunk(Delta(content=event.text), usage=_usage(so_far) if continuous else None,
+                so_far = _usage(event.prompt_tokens, completion_tokens) if continuous else None
+                yield chunk(Delta(content=event.text), usage=so_far,
                             token_logprobs=_logprobs([event], logprobs))
         elif isinstance(event, ChatFinished):
-            yield chunk(Delta(), finish=event.finish_reason, usage=_usage(event) if continuous else None)
+            usage = _usage(event.prompt_tokens, event.completion_tokens)
+            yield chunk(Delta(), finish=event.finish_reason, usage=usage if continuous else None)
             if options.include_usage:
-                yield chunk(Delta(), usage=_usage(event), choices=False)
+                yield chunk(Delta(), usage=usage, choices=False)
             break
     yield sse_event("[DONE]")
