@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import re
 import threading
 import time
@@ -9,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+from PIL import Image
 
 from diptych.bench.server_process import ServerProcess
 
@@ -54,3 +57,24 @@ class SlowGeneration:
         self._thread.join(timeout_s)
         assert self._responses, f"the slow generation did not finish within {timeout_s} s"
         return self._responses[0]
+
+
+def assert_answers_follow_the_picture(client: Any, model: str) -> None:
+    """Greedy answers (openai SDK ``client``) about a red and a blue picture differ: the image reaches the model."""
+    answers = []
+    for colour in ((220, 20, 20), (20, 20, 220)):
+        buffer = io.BytesIO()
+        Image.new("RGB", (64, 48), colour).save(buffer, format="PNG")
+        url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+        completion = client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": url}},
+                {"type": "text", "text": "What is in this picture?"},
+            ]}],
+            max_tokens=8,
+            temperature=0,
+        )
+        assert completion.usage is not None and completion.usage.completion_tokens >= 1
+        answers.append(completion.choices[0].message.content)
+    assert answers[0] != answers[1]

@@ -19,6 +19,7 @@ from PIL import Image
 from diptych.bench.server_process import ServerProcess, serving
 from tests.conftest import TinyCheckpoint
 from tests.e2e.janus_reference import janus_reference_image
+from tests.e2e.probes import assert_answers_follow_the_picture
 
 MODEL = "tiny-janus"
 
@@ -39,12 +40,6 @@ def client(janus_server: ServerProcess) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{janus_server.base_url}/v1", api_key="unused", max_retries=0, timeout=300)
 
 
-def _png_data_url(colour: tuple[int, int, int]) -> str:
-    buffer = io.BytesIO()
-    Image.new("RGB", (64, 48), colour).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
 def test_models_lists_janus_capabilities(client: openai.OpenAI) -> None:
     (model,) = client.models.list().data
     extra = model.model_extra or {}
@@ -53,20 +48,7 @@ def test_models_lists_janus_capabilities(client: openai.OpenAI) -> None:
 
 
 def test_chat_with_an_image(client: openai.OpenAI) -> None:
-    answers = []
-    for colour in ((220, 20, 20), (20, 20, 220)):
-        completion = client.chat.completions.create(
-            model=MODEL,
-            messages=[{"role": "user", "content": [  # type: ignore[list-item]
-                {"type": "image_url", "image_url": {"url": _png_data_url(colour)}},
-                {"type": "text", "text": "What is in this picture?"},
-            ]}],
-            max_tokens=8,
-            temperature=0,
-        )
-        assert completion.usage is not None and completion.usage.completion_tokens >= 1
-        answers.append(completion.choices[0].message.content)
-    assert answers[0] != answers[1]
+    assert_answers_follow_the_picture(client, MODEL)
 
 
 def test_generate_equals_transformers(client: openai.OpenAI, janus_checkpoint: Path) -> None:

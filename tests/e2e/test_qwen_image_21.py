@@ -17,7 +17,7 @@ from PIL import Image
 
 from diptych import compat
 from diptych.bench.server_process import ServerProcess, serving
-from tests.e2e.probes import metric, wait_until
+from tests.e2e.probes import assert_answers_follow_the_picture, metric, wait_until
 from diptych.models.qwen_image_21.tiny import OUTPUT_RESOLUTION
 from tests.conftest import TinyCheckpoint
 
@@ -83,21 +83,7 @@ def test_models_lists_every_task_and_the_reference_rules(client: openai.OpenAI) 
 
 
 def test_chat_with_an_image(client: openai.OpenAI) -> None:
-    answers = []
-    for colour in ((220, 20, 20), (20, 20, 220)):
-        url = "data:image/png;base64," + base64.b64encode(_png(_solid(colour))).decode()
-        completion = client.chat.completions.create(
-            model=MODEL,
-            messages=[{"role": "user", "content": [  # type: ignore[list-item]
-                {"type": "image_url", "image_url": {"url": url}},
-                {"type": "text", "text": "What is in this picture?"},
-            ]}],
-            max_tokens=8,
-            temperature=0,
-        )
-        assert completion.usage is not None and completion.usage.completion_tokens >= 1
-        answers.append(completion.choices[0].message.content)
-    assert answers[0] != answers[1]
+    assert_answers_follow_the_picture(client, MODEL)
 
 
 def test_generated_image_equals_the_pipeline(client: openai.OpenAI, pipe: Any) -> None:
