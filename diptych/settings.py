@@ -68,7 +68,7 @@ class Settings(BaseSettings):
 
     # Limits: a request beyond any of them is a 4xx, never a crash.
     max_image_side: int = Field(default=1024, ge=16, description="Longest side of a generated or edited image.")
-    max_n: int = Field(default=4, ge=1, description="Images per request (`n`).")
+    max_n: int = Field(default=4, ge=1, description="Images, or chat choices, per request (`n`).")
     max_steps: int = Field(default=100, ge=1, description="Denoising steps per image.")
     max_prompt_tokens: int = Field(default=2048, ge=8, description="Prompt tokens, images counted at their size.")
     max_output_tokens: int = Field(default=1024, ge=1, description="Completion tokens per chat request.")

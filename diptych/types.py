@@ -31,6 +31,13 @@ class ChatMessage:
 
 
 @dataclass(frozen=True)
+class StructuredOutput:
+    """Decoding constrained to JSON (vLLM's structured outputs): any JSON object, or JSON valid under a schema."""
+
+    json_schema: str | None = None  # a JSON Schema, serialised; None: any JSON object
+
+
+@dataclass(frozen=True)
 class SamplingOptions:
     max_tokens: int = 256
     temperature: float = 1.0
@@ -50,6 +57,8 @@ class SamplingOptions:
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     logprobs: int | None = None  # None: none; k: each token's log-probability and its k most likely alternatives
+    n: int = 1  # independent completions of the one prompt (choices); vLLM seeds choice i with seed + i
+    structured: StructuredOutput | None = None
 
 
 @dataclass(frozen=True)
@@ -70,19 +79,26 @@ class TokenLogprob:
 
 @dataclass(frozen=True)
 class TextDelta:
-    """New text of a chat completion, as it is decoded."""
+    """New text of one choice of a chat completion, as it is decoded.
+
+    The last delta of a choice carries its ``finish_reason`` (its text may then be empty).
+    """
 
     text: str
     num_tokens: int
     prompt_tokens: int = 0  # the prompt's tokens as the engine counted them (0: not known yet)
     logprobs: tuple[TokenLogprob, ...] = ()  # one per new token, when asked for
+    index: int = 0  # which choice (``SamplingOptions.n``)
+    finish_reason: Literal["stop", "length"] | None = None
 
 
 @dataclass(frozen=True)
 class ChatFinished:
-    finish_reason: Literal["stop", "length"]
+    """The end of a chat request: each choice's finish reason, and the tokens of all of them."""
+
+    finish_reasons: tuple[Literal["stop", "length"], ...]
     prompt_tokens: int
-    completion_tokens: int
+    completion_tokens: int  # summed over the choices
 
 
 ChatEvent = TextDelta | ChatFinished

@@ -238,6 +238,7 @@ class AREngine:
             raise
         stream = llm.generate(engine_input, params, request_id)
         prompt_tokens = completion_tokens = 0
+        finish_reasons: dict[int, Literal["stop", "length"]] = {}
         try:
             while True:
                 try:
@@ -251,19 +252,26 @@ class AREngine:
                     raise mapped from exc
                 if output.prompt_token_ids:
                     prompt_tokens = len(output.prompt_token_ids)
-                completion = output.outputs[0]
-                completion_tokens += len(completion.token_ids)
-                if completion.token_ids or completion.text:
-                    yield ARTextDelta(
-                        text=completion.text,
-                        num_tokens=len(completion.token_ids),
-                        prompt_tokens=prompt_tokens,
-                        logprobs=_token_logprobs(completion, sampling.logprobs),
-                        token_ids=tuple(completion.token_ids),
-                    )
+                # With n > 1 one output may hold several choices' deltas (vLLM merges them
+                # when this consumer falls behind), each with its index.
+                for completion in output.outputs:
+                    completion_tokens += len(completion.token_ids)
+                    finish = None
+                    if completion.finished():
+                        finish = finish_reasons[completion.index] = _finish_reason(completion.finish_reason, request_id)
+                    if completion.token_ids or completion.text or finish:
+                        yield ARTextDelta(
+                            text=completion.text,
+                            num_tokens=len(completion.token_ids),
+                            prompt_tokens=prompt_tokens,
+                            logprobs=_token_logprobs(completion, sampling.logprobs),
+                            index=completion.index,
+                            finish_reason=finish,
+                            token_ids=tuple(completion.token_ids),
+                        )
                 if output.finished:
                     yield ChatFinished(
-                        finish_reason=_finish_reason(completion.finish_reason, request_id),
+                        finish_reasons=tuple(finish_reasons[i] for i in range(sampling.n)),
                         prompt_tokens=prompt_tokens,
                         completion_tokens=completion_tokens,
                     )
@@ -348,10 +356,16 @@ async def _render(llm: AsyncLLM, prompt: ChatPrompt, *, token_ids: list[int] | N
 
 def _sampling_params(sampling: SamplingOptions) -> SamplingParams:
     from vllm import SamplingParams
-    from vllm.sampling_params import RequestOutputKind
+    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+    structured = None
+    if sampling.structured is not None:
+        schema = sampling.structured.json_schema
+        structured = (StructuredOutputsParams(json_object=True) if schema is None
+                      else StructuredOutputsParams(json=schema))
 
     return SamplingParams(
-        n=1,
+        n=sampling.n,
         max_tokens=sampling.max_tokens,
         temperature=sampling.temperature,
         top_p=sampling.top_p,
@@ -369,6 +383,7 @@ def _sampling_params(sampling: SamplingOptions) -> SamplingParams:
         skip_special_tokens=sampling.skip_special_tokens,
         include_stop_str_in_output=sampling.include_stop_str_in_output,
         logprobs=sampling.logprobs,
+        structured_outputs=structured,
         output_kind=RequestOutputKind.DELTA,
     )
 

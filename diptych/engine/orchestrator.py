@@ -124,7 +124,11 @@ class Orchestrator:
                 f"max_tokens {request.sampling.max_tokens} exceeds the limit of {limits.max_output_tokens}",
                 param="max_tokens",
             )
-        with self._chat_gate.admit():
+        max_n = min(limits.max_n, limits.queue_depth)  # admission counts each choice (below)
+        if request.sampling.n > max_n:
+            raise InvalidRequestError(f"n={request.sampling.n} exceeds the limit of {max_n}", param="n")
+        # Each choice is a sequence in vLLM's batch: admission counts them all.
+        with self._chat_gate.admit(request.sampling.n):
             deadline = asyncio.get_running_loop().time() + limits.request_timeout_s
             prompt = await asyncio.to_thread(self._adapter.render_chat, request.messages)
             await self._check_prompt_length(prompt, "messages")

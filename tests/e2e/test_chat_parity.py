@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -41,12 +42,23 @@ WORD = " square"
 
 
 @pytest.fixture(scope="module")
-def forced(edit_checkpoint: Path) -> int:
-    """The token of WORD in the served checkpoint's vocabulary: with a bias of 100, greedy decoding picks it every time."""
+def token_of(edit_checkpoint: Path) -> Callable[[str], int]:
+    """The id of a text that is one token in the served checkpoint's vocabulary."""
     from transformers import AutoTokenizer
 
-    (token,) = AutoTokenizer.from_pretrained(edit_checkpoint / "tokenizer").encode(WORD, add_special_tokens=False)
-    return int(token)
+    tokenizer = AutoTokenizer.from_pretrained(edit_checkpoint / "tokenizer")
+
+    def one(text: str) -> int:
+        (token,) = tokenizer.encode(text, add_special_tokens=False)
+        return int(token)
+
+    return one
+
+
+@pytest.fixture(scope="module")
+def forced(token_of: Callable[[str], int]) -> int:
+    """The token of WORD: with a bias of 100, greedy decoding picks it every time."""
+    return token_of(WORD)
 
 
 def test_logit_bias_forces_a_token(server: ServerProcess, forced: int) -> None:
@@ -88,8 +100,67 @@ def test_min_p_and_seed_sample_reproducibly(server: ServerProcess) -> None:
     assert first.json()["choices"][0]["message"] == second.json()["choices"][0]["message"]
 
 
+def test_n_gives_choices_sampled_as_vllm_seeds_them(server: ServerProcess) -> None:
+    sampled = {"max_tokens": 8, "ignore_eos": True, "temperature": 1.0, "seed": 11}
+    response = _chat(server, n=2, **sampled)
+    assert response.status_code == 200, response.text
+    choices = response.json()["choices"]
+    assert [c["index"] for c in choices] == [0, 1]
+    assert all(c["finish_reason"] == "length" for c in choices)
+    assert response.json()["usage"]["completion_tokens"] == 16  # both choices
+    # vLLM seeds choice i with seed + i: each equals a lone request with that seed.
+    for index, choice in enumerate(choices):
+        alone = _chat(server, **{**sampled, "seed": 11 + index}).json()["choices"][0]
+        assert choice["message"]["content"] == alone["message"]["content"]
+    assert choices[0]["message"]["content"] != choices[1]["message"]["content"]
+
+    body = {"model": MODEL, "messages": vqa_messages(), "n": 2, "stream": True, **sampled}
+    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, timeout=120) as streamed:
+        assert streamed.status_code == 200
+        chunks = [json.loads(line[6:]) for line in streamed.iter_lines()
+                  if line.startswith("data: ") and line != "data: [DONE]"]
+    texts = ["", ""]
+    for chunk in chunks:
+        for choice in chunk["choices"]:
+            texts[choice["index"]] += choice["delta"].get("content") or ""
+    assert texts == [c["message"]["content"] for c in choices]
+
+
+COLOUR_SCHEMA = {
+    "type": "object",
+    "properties": {"colour": {"type": "string", "enum": ["red", "green", "blue"]}, "count": {"type": "integer"}},
+    "required": ["colour", "count"],
+    "additionalProperties": False,
+}
+
+
+def test_json_schema_output_is_valid_under_the_schema(server: ServerProcess) -> None:
+    import jsonschema
+
+    response_format = {"type": "json_schema", "json_schema": {"name": "picture", "schema": COLOUR_SCHEMA}}
+    for seed in range(3):
+        response = _chat(server, max_tokens=64, temperature=1.0, seed=seed, response_format=response_format)
+        choice = response.json()["choices"][0]
+        assert response.status_code == 200 and choice["finish_reason"] == "stop", response.text
+        jsonschema.validate(json.loads(choice["message"]["content"]), COLOUR_SCHEMA)
+
+
+def test_json_object_output_parses_as_json(server: ServerProcess, token_of: Callable[[str], int]) -> None:
+    # The random model writes no JSON by itself, and within the grammar it would fill a string
+    # forever: a bias on "}" closes the object as soon as the grammar allows.
+    closing = {str(token_of("}")): 100}
+    free = _chat(server, max_tokens=24, logit_bias=closing).json()["choices"][0]["message"]["content"]
+    with pytest.raises(ValueError):
+        json.loads(free)
+    response = _chat(server, max_tokens=64, logit_bias=closing, response_format={"type": "json_object"})
+    assert response.status_code == 200, response.text
+    content = response.json()["choices"][0]["message"]["content"]
+    assert isinstance(json.loads(content), dict), content
+
+
 def test_fields_without_effect_here_are_accepted(server: ServerProcess) -> None:
     response = _chat(server, max_tokens=4, user="u-1", store=False, metadata={"team": "a"}, service_tier="auto",
+                     modalities=["text"],
                      skip_special_tokens=True, include_stop_str_in_output=False)
     assert response.status_code == 200, response.text
 
@@ -104,9 +175,16 @@ def test_fields_without_effect_here_are_accepted(server: ServerProcess) -> None:
         ({"stop_token_ids": [-1]}, "stop_token_ids.0"),
         ({"logit_bias": {"abc": 1}}, "logit_bias.abc"),
         ({"logit_bias": {"5": 101}}, "logit_bias.5"),
+        ({"n": 5}, "n"),  # past --max-n (4)
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+        ({"response_format": {"type": "yaml"}}, "response_format.type"),
+        # Well-formed JSON, but no schema vLLM's backend can compile.
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}},
+         None),
     ],
 )
-def test_out_of_range_sampling_fields_are_400s(server: ServerProcess, fields: dict[str, Any], param: str) -> None:
+def test_out_of_range_sampling_fields_are_400s(server: ServerProcess, fields: dict[str, Any], param: str | None) -> None:
     response = _chat(server, **fields)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param

@@ -90,7 +90,7 @@ async def test_greedy_tokens_equal_transformers(engine: AREngine, processor: Any
         assert full.startswith(text) and set(full[len(text) :]) <= {"\ufffd"}
         assert finished.prompt_tokens == prompt_len == count_tokens(processor, prompt)
         assert finished.completion_tokens == len(expected)
-        assert finished.finish_reason == ("length" if len(expected) == GREEDY.max_tokens else "stop")
+        assert finished.finish_reasons == (("length" if len(expected) == GREEDY.max_tokens else "stop"),)
         results.append(tokens)
     # Guard against a degenerate model: the answer must depend on the image.
     assert results[0] != results[1]
@@ -119,14 +119,14 @@ async def test_concurrent_requests_all_complete(engine: AREngine, processor: Any
 async def test_stop_strings_and_max_tokens(engine: AREngine, processor: Any) -> None:
     prompt = render_chat(processor, _chat(ImagePart(marked_image((200, 30, 30))), TextPart("What is in this picture?")))
     tokens, text, finished = await collect(engine.generate(prompt, SamplingOptions(max_tokens=5, temperature=0.0), "m"))
-    assert (len(tokens), finished.completion_tokens, finished.finish_reason) == (5, 5, "length")
+    assert (len(tokens), finished.completion_tokens, finished.finish_reasons) == (5, 5, ("length",))
     full_tokens, full_text, _ = await collect(engine.generate(prompt, GREEDY, "full"))
     stop = full_text[len(full_text) // 2 :][:3]
     assert stop.strip(), "need a printable stop string"
     _, stopped_text, stopped = await collect(
         engine.generate(prompt, SamplingOptions(max_tokens=12, temperature=0.0, stop=(stop,)), "stop")
     )
-    assert stopped.finish_reason == "stop"
+    assert stopped.finish_reasons == ("stop",)
     assert stopped_text == full_text[: full_text.index(stop)]
 
 

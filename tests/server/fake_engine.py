@@ -65,10 +65,12 @@ class FakeEngine:
     async def chat(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
         self.chat_requests.append(request)
         try:
+            n = request.sampling.n
             for piece in self.reply:
                 await asyncio.sleep(self.delay_s)
-                yield TextDelta(piece, 1)
-            yield ChatFinished("stop", prompt_tokens=5, completion_tokens=len(self.reply))
+                for index in range(n):
+                    yield TextDelta(piece, 1, index=index)
+            yield ChatFinished(("stop",) * n, prompt_tokens=5, completion_tokens=n * len(self.reply))
         finally:
             self.closed.append(request.request_id)
 

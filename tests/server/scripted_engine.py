@@ -76,7 +76,7 @@ class ScriptedAR:
     async def generate(self, prompt: ChatPrompt, sampling: SamplingOptions, request_id: str) -> AsyncIterator[ChatEvent]:
         self.prompts.append(prompt)
         yield TextDelta("ok", 1)
-        yield ChatFinished("stop", prompt_tokens=len(prompt.text.split()), completion_tokens=1)
+        yield ChatFinished(("stop",), prompt_tokens=len(prompt.text.split()), completion_tokens=1)
 
 
 @dataclass

@@ -77,13 +77,35 @@ async def test_chat_stream_is_sse_with_done_and_usage(make_client) -> None:
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] == 8
 
 
+async def test_chat_choices_come_back_by_index(make_client) -> None:
+    client = make_client()
+    completion = (await client.post("/v1/chat/completions", json=chat_body(n=2))).json()
+    assert [(c["index"], c["message"]["content"], c["finish_reason"]) for c in completion["choices"]] == [
+        (0, "The circle is red.", "stop"), (1, "The circle is red.", "stop")]
+    assert completion["usage"]["completion_tokens"] == 6  # both choices' tokens
+
+    async with client.stream("POST", "/v1/chat/completions", json=chat_body(n=2, stream=True)) as response:
+        chunks = [json.loads(line[6:]) async for line in response.aiter_lines()
+                  if line.startswith("data: ") and line != "data: [DONE]"]
+    texts = {0: "", 1: ""}
+    finishes = {}
+    for chunk in chunks:
+        (choice,) = chunk["choices"]
+        texts[choice["index"]] += choice["delta"].get("content", "")
+        if choice["finish_reason"]:
+            finishes[choice["index"]] = choice["finish_reason"]
+    assert texts == {0: "The circle is red.", 1: "The circle is red."} and finishes == {0: "stop", 1: "stop"}
+    # Each choice opens with its role.
+    assert [c["choices"][0]["index"] for c in chunks if "role" in c["choices"][0]["delta"]] == [0, 1]
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [
         ({"model": "tiny"}, "messages"),
         (chat_body(temperature=5), "temperature"),
         (chat_body(max_tokens=0), "max_tokens"),
-        (chat_body(n=2), "n"),
+        (chat_body(n=0), "n"),
         (chat_body(unknown_field=1), "unknown_field"),
         (chat_body(messages=[]), "messages"),
     ],

@@ -41,7 +41,7 @@ def chat_router(engine: EngineClient, settings: Settings, fetcher: RemoteImageFe
         run = await chat.complete(body, engine, settings, fetcher)
         if body.stream:
             options = body.stream_options or StreamOptions()
-            return sse_response(_chunks(run, body.model, options, bool(body.logprobs)),
+            return sse_response(_chunks(run, body.model, options, bool(body.logprobs), body.n),
                                 keepalive_s=settings.sse_keepalive_s,
                                 on_close=run.stream.aclose)
         return await _completion(run, body.model, bool(body.logprobs))
@@ -81,35 +81,42 @@ def _logprobs(deltas: list[TextDelta], wanted: bool) -> ChoiceLogprobs | None:
 async def _completion(run: chat.ChatRun, model: str, logprobs: bool) -> JSONResponse:
     deltas, finished = await run.stream.until(ChatFinished)
     texts = [event for event in deltas if isinstance(event, TextDelta)]
+    choices = []
+    for index, finish_reason in enumerate(finished.finish_reasons):
+        mine = [event for event in texts if event.index == index]
+        choices.append(Choice(index=index, message=ResponseMessage(content="".join(event.text for event in mine)),
+                              logprobs=_logprobs(mine, logprobs), finish_reason=finish_reason))
     completion = ChatCompletion(
         id=run.request_id,
         created=run.created,
         model=model,
-        choices=[Choice(index=0, message=ResponseMessage(content="".join(event.text for event in texts)),
-                        logprobs=_logprobs(texts, logprobs), finish_reason=finished.finish_reason)],
+        choices=choices,
         usage=_usage(finished.prompt_tokens, finished.completion_tokens),
     )
     return JSONResponse(completion.model_dump())
 
 
 async def _chunks(
-    run: chat.ChatRun, model: str, options: StreamOptions, logprobs: bool
+    run: chat.ChatRun, model: str, options: StreamOptions, logprobs: bool, n: int
 ) -> AsyncIterator[ServerSentEvent]:
-    """``chat.completion.chunk`` events: the role, each piece of text, the finish, usage if asked, ``[DONE]``.
+    """``chat.completion.chunk`` events: each choice's role, its pieces of text and its finish; usage if
+    asked; ``[DONE]``.
 
-    With ``continuous_usage_stats`` (vLLM's option, with ``include_usage``) every text chunk
-    carries the usage so far, as vLLM's server sends it."""
+    Choices interleave as they are decoded, each chunk naming its ``index``; a choice's finish
+    is sent as soon as that choice ends. With ``continuous_usage_stats`` (vLLM's option, with
+    ``include_usage``) every text chunk carries the usage so far, as vLLM's server sends it."""
     continuous = options.include_usage and options.continuous_usage_stats
     completion_tokens = 0
+    unfinished = set(range(n))
 
-    def chunk(delta: Delta, finish: str | None = None, usage: Usage | None = None,
-              choices: bool = True, token_logprobs: ChoiceLogprobs | None = None) -> ServerSentEvent:
+    def chunk(index: int | None, delta: Delta, finish: str | None = None, usage: Usage | None = None,
+              token_logprobs: ChoiceLogprobs | None = None) -> ServerSentEvent:
         body = ChatCompletionChunk(
             id=run.request_id,
             created=run.created,
             model=model,
-            choices=[ChunkChoice(index=0, delta=delta, logprobs=token_logprobs,  # type: ignore[arg-type]
-                                 finish_reason=finish)] if choices else [],
+            choices=[ChunkChoice(index=index, delta=delta, logprobs=token_logprobs,  # type: ignore[arg-type]
+                                 finish_reason=finish)] if index is not None else [],
             usage=usage,
         )
         payload = body.model_dump()
@@ -119,19 +126,24 @@ async def _chunks(
             c["delta"] = {k: v for k, v in c["delta"].items() if v is not None}
         return sse_event(payload)
 
-    yield chunk(Delta(role="assistant", content=""))
+    for index in range(n):
+        yield chunk(index, Delta(role="assistant", content=""))
     async for event in run.stream.events():
         if isinstance(event, TextDelta):
             completion_tokens += event.num_tokens
+            so_far = _usage(event.prompt_tokens, completion_tokens) if continuous else None
             # A token with no text yet (a special token, part of a UTF-8 sequence) still has its logprob.
             if event.text or (logprobs and event.logprobs):
-                so_far = _usage(event.prompt_tokens, completion_tokens) if continuous else None
-                yield chunk(Delta(content=event.text), usage=so_far,
+                yield chunk(event.index, Delta(content=event.text), usage=so_far,
                             token_logprobs=_logprobs([event], logprobs))
+            if event.finish_reason is not None and event.index in unfinished:
+                unfinished.discard(event.index)
+                yield chunk(event.index, Delta(), finish=event.finish_reason, usage=so_far)
         elif isinstance(event, ChatFinished):
             usage = _usage(event.prompt_tokens, event.completion_tokens)
-            yield chunk(Delta(), finish=event.finish_reason, usage=usage if continuous else None)
+            for index in sorted(unfinished):  # from engines that report the finishes only here
+                yield chunk(index, Delta(), finish=event.finish_reasons[index], usage=usage if continuous else None)
             if options.include_usage:
-                yield chunk(Delta(), usage=usage, choices=False)
+                yield chunk(None, Delta(), usage=usage)
             break
     yield sse_event("[DONE]")

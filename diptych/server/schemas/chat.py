@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -43,6 +43,19 @@ class StreamOptions(_Strict):
     continuous_usage_stats: bool = False
 
 
+class JSONSchemaFormat(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    # "schema" would shadow a BaseModel attribute; the wire name is kept by the alias.
+    json_schema: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+
 class ChatCompletionRequest(_Strict):
     model: str
     messages: list[Message] = Field(min_length=1)
@@ -55,7 +68,7 @@ class ChatCompletionRequest(_Strict):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(default=1, ge=1, le=1, description="Only one choice per request is served.")
+    n: int = Field(default=1, ge=1, description="Choices: independent completions of the prompt (at most --max-n).")
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     logit_bias: dict[Annotated[str, Field(pattern=r"^[0-9]{1,9}$")], Annotated[float, Field(ge=-100.0, le=100.0)]] | None = (
@@ -63,6 +76,8 @@ class ChatCompletionRequest(_Strict):
     logprobs: bool | None = Field(default=None, description="Each output token's log-probability.")
     top_logprobs: int | None = Field(default=None, ge=0, le=20, description="With logprobs: this many most "
                                      "likely tokens at each position.")
+    response_format: ResponseFormat | None = Field(default=None, description="json_object or json_schema: "
+                                                   "decoding constrained by vLLM's structured outputs.")
     # vLLM's own sampling fields, as vLLM's OpenAI server takes them.
     ignore_eos: bool = Field(default=False, description="vLLM: decode max_tokens tokens, ignoring end of sequence.")
     min_tokens: int = Field(default=0, ge=0, description="vLLM: tokens generated before a stop can end the output.")
@@ -79,6 +94,8 @@ class ChatCompletionRequest(_Strict):
     store: bool | None = None
     metadata: dict[str, str] | None = Field(default=None, max_length=16)
     service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
+    # OpenAI's output modalities: text is the only one a chat here produces.
+    modalities: list[Literal["text"]] | None = Field(default=None, max_length=1)
 
 
 class ResponseMessage(BaseModel):

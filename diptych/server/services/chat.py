@@ -6,6 +6,7 @@ The route parses the HTTP body and shapes the response (JSON or server-sent even
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from diptych.server.remote_images import RemoteImageFetcher
 from diptych.server.schemas.chat import ChatCompletionRequest, TextContent
 from diptych.server.services.streams import EngineStream, open_stream
 from diptych.settings import Settings
-from diptych.types import ChatEvent, ChatMessage, ChatRequest, ImagePart, SamplingOptions, TextPart
+from diptych.types import ChatEvent, ChatMessage, ChatRequest, ImagePart, SamplingOptions, StructuredOutput, TextPart
 
 
 ImageKey = tuple[int, int]  # (message index, content-part index)
@@ -103,7 +104,21 @@ def _sampling(body: ChatCompletionRequest, settings: Settings) -> SamplingOption
         skip_special_tokens=body.skip_special_tokens,
         include_stop_str_in_output=body.include_stop_str_in_output,
         logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+        n=body.n,
+        structured=_structured(body),
     )
+
+
+def _structured(body: ChatCompletionRequest) -> StructuredOutput | None:
+    """``response_format`` as vLLM's structured outputs take it (``text``: none)."""
+    response_format = body.response_format
+    if response_format is None or response_format.type == "text":
+        return None
+    if response_format.type == "json_object":
+        return StructuredOutput()
+    if response_format.json_schema is None:
+        raise APIError(400, "response_format: type json_schema needs a json_schema", param="response_format.json_schema")
+    return StructuredOutput(json_schema=json.dumps(response_format.json_schema.json_schema))
 
 
 @dataclass

@@ -85,7 +85,9 @@ CASES = [
     _c("max-completion-tokens-zero", chat(max_completion_tokens=0), "max_completion_tokens"),
     _c("seed-negative", chat(seed=-1), "seed"),
     _c("seed-over-64-bits", chat(seed=2**64), "seed"),
-    _c("n-2", chat(n=2), "n"),
+    _c("n-zero", chat(n=0), "n"),
+    _c("n-string", chat(n="2"), "n"),
+    _c("n-fraction", chat(n=1.5), "n"),
     _c("presence-penalty-3", chat(presence_penalty=3), "presence_penalty"),
     _c("frequency-penalty-minus-3", chat(frequency_penalty=-3), "frequency_penalty"),
     _c("logprobs-string", chat(logprobs="yes"), "logprobs"),
@@ -107,6 +109,7 @@ CASES = [
     _c("skip-special-tokens-int", chat(skip_special_tokens=1), "skip_special_tokens"),
     _c("metadata-not-strings", chat(metadata={"a": 1}), "metadata.a"),
     _c("service-tier-unknown", chat(service_tier="gold"), "service_tier"),
+    _c("modalities-audio", chat(modalities=["audio"]), "modalities.0"),
     # Well-formed, but not servable as asked.
     _c("messages-empty", chat(messages=[]), "messages"),
     _c("stop-five-sequences", chat(stop=["a", "b", "c", "d", "e"]), "stop", None),
@@ -121,6 +124,8 @@ CASES = [
     _c("too-many-images", chat(messages=[user_message(*[image_part(IMG)] * 3, text_part("hi"))]), "messages",
        None, max_images_per_request=2),
     _c("max-tokens-over-limit", chat(max_tokens=100_000), "max_tokens", None),
+    _c("n-over-limit", chat(n=3), "n", None, max_n=2),
+    _c("n-over-queue-depth", chat(n=3), "n", None, queue_depth=2),  # could never be admitted
     _c("prompt-over-token-limit", chat(messages=[user_message(text_part("word " * 3000))]), "messages",
        "context_length_exceeded"),
     _c("image-tokens-over-limit", chat(messages=[user_message(image_part(data_url(images.png((2048, 2048)))),
