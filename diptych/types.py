@@ -25,16 +25,57 @@ class ImagePart:
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A call of one of the request's tools, as the model wrote it (in a reply, or in the history)."""
+
+    id: str
+    name: str
+    arguments: str  # a JSON object, as text
+
+
+@dataclass(frozen=True)
 class ChatMessage:
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant", "tool"]
     content: tuple[TextPart | ImagePart, ...]
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant's calls
+    tool_call_id: str | None = None  # a tool message: the call it answers
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A function the model may call: its name, what it does, and its parameters' JSON Schema."""
+
+    name: str
+    description: str | None = None
+    parameters: str | None = None  # a JSON Schema, serialised
+    strict: bool | None = None  # OpenAI's: calls are held to ``parameters`` (vLLM constrains them)
+
+
+@dataclass(frozen=True)
+class ToolUse:
+    """The request's tools and how the model may use them (OpenAI's ``tools``, ``tool_choice``,
+    ``parallel_tool_calls``).
+
+    ``choice``: "auto" lets the model choose; "required" makes it call at least one tool; "none"
+    makes it answer in text; "function" makes it call ``function``.
+    """
+
+    tools: tuple[Tool, ...]
+    choice: Literal["none", "auto", "required", "function"] = "auto"
+    function: str | None = None
+    parallel: bool = True
 
 
 @dataclass(frozen=True)
 class StructuredOutput:
-    """Decoding constrained to JSON (vLLM's structured outputs): any JSON object, or JSON valid under a schema."""
+    """Decoding constrained by vLLM's structured outputs.
 
-    json_schema: str | None = None  # a JSON Schema, serialised; None: any JSON object
+    ``kind``: "json_object" (any JSON object), "json" (JSON valid under the schema ``spec``),
+    "structural_tag" (vLLM's structural tag ``spec``, which is how tool calls are constrained).
+    """
+
+    kind: Literal["json_object", "json", "structural_tag"] = "json_object"
+    spec: str = ""  # serialised JSON
 
 
 @dataclass(frozen=True)
@@ -66,6 +107,7 @@ class ChatRequest:
     request_id: str
     messages: tuple[ChatMessage, ...]
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    tools: ToolUse | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +117,20 @@ class TokenLogprob:
     token: str
     logprob: float
     top: tuple[tuple[str, float], ...] = ()
+
+
+# "tool_calls": the choice ended calling tools.
+FinishReason = Literal["stop", "length", "tool_calls"]
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """New pieces of a choice's ``index``-th tool call: its id and name first, then its arguments' text."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
 
 
 @dataclass(frozen=True)
@@ -89,14 +145,15 @@ class TextDelta:
     prompt_tokens: int = 0  # the prompt's tokens as the engine counted them (0: not known yet)
     logprobs: tuple[TokenLogprob, ...] = ()  # one per new token, when asked for
     index: int = 0  # which choice (``SamplingOptions.n``)
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: FinishReason | None = None
+    tool_calls: tuple[ToolCallDelta, ...] = ()  # the parsed calls' new pieces (the text then holds none of them)
 
 
 @dataclass(frozen=True)
 class ChatFinished:
     """The end of a chat request: each choice's finish reason, and the tokens of all of them."""
 
-    finish_reasons: tuple[Literal["stop", "length"], ...]
+    finish_reasons: tuple[FinishReason, ...]
     prompt_tokens: int
     completion_tokens: int  # summed over the choices
 

@@ -325,3 +325,32 @@ def merge_multimodal_embeddings(
     from vllm.model_executor.models.utils import _merge_multimodal_embeddings
 
     return _merge_multimodal_embeddings(inputs_embeds, multimodal_embeddings, is_multimodal)
+
+
+# ----------------------------------------------------------------- tool calling
+
+
+def vllm_chat_request(fields: Mapping[str, Any]) -> Any:
+    """vLLM's own OpenAI chat request (``ChatCompletionRequest`` in
+    vllm/entrypoints/openai/chat_completion/protocol.py), validated from ``fields``: its
+    output parsers read one."""
+    require_supported_vllm()
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+    return ChatCompletionRequest.model_validate(dict(fields))
+
+
+def chat_output_parser(tool_parser: str, tokenizer: Any) -> Any:
+    """A new output parser for one completion: vLLM's tool parser ``tool_parser`` with automatic
+    tool choice, as its server builds one per choice under ``--enable-auto-tool-choice
+    --tool-call-parser`` (``ParserManager.get_parser`` in vllm/parser/parser_manager.py).
+
+    Its ``adjust_request`` sets the structured outputs a tool choice needs; ``parse_delta``
+    turns each new piece of text into content and tool-call deltas."""
+    require_supported_vllm()
+    from vllm.parser.parser_manager import ParserManager
+
+    parser_class = ParserManager.get_parser(tool_parser_name=tool_parser, enable_auto_tools=True, tokenizer=tokenizer)
+    if parser_class is None:
+        raise ValueError(f"vLLM has no tool parser {tool_parser!r}")
+    return parser_class(tokenizer)

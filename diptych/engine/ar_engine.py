@@ -360,9 +360,8 @@ def _sampling_params(sampling: SamplingOptions) -> SamplingParams:
 
     structured = None
     if sampling.structured is not None:
-        schema = sampling.structured.json_schema
-        structured = (StructuredOutputsParams(json_object=True) if schema is None
-                      else StructuredOutputsParams(json=schema))
+        kind, spec = sampling.structured.kind, sampling.structured.spec
+        structured = StructuredOutputsParams(**{kind: True if kind == "json_object" else spec})
 
     return SamplingParams(
         n=sampling.n,

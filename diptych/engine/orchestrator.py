@@ -26,7 +26,8 @@ from diptych.engine.errors import (
 from diptych.engine.flow_client import FlowClient
 from diptych.engine.memory_plan import apply_plan, placement_of
 from diptych.engine.protocol import EngineStats, Health, HealthState
-from diptych.models.base import ChatPrompt, FamilyAdapter, ModelCard, ar_image_stage_of
+from diptych.engine.tool_calls import ToolCallParsing
+from diptych.models.base import ChatPrompt, FamilyAdapter, ModelCard, ToolCalling, ar_image_stage_of, tool_calling_of
 from diptych.types import ChatEvent, ChatFinished, ChatRequest, EngineConfig, ImageEvent, ImageRequest
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ class Orchestrator:
         self._image_gate = AdmissionGate("image", config.limits.queue_depth)
         self._generated_tokens = 0
         self._stopping = False
+        self._tool_calling: ToolCalling | None = None  # loaded with the first request that has tools
 
     @property
     def card(self) -> ModelCard:
@@ -128,17 +130,42 @@ class Orchestrator:
         if request.sampling.n > max_n:
             raise InvalidRequestError(f"n={request.sampling.n} exceeds the limit of {max_n}", param="n")
         # Each choice is a sequence in vLLM's batch: admission counts them all.
+        tools = self._tool_parsing(request)
+        sampling = request.sampling if tools is None else tools.sampling
         with self._chat_gate.admit(request.sampling.n):
             deadline = asyncio.get_running_loop().time() + limits.request_timeout_s
-            prompt = await asyncio.to_thread(self._adapter.render_chat, request.messages)
+            if request.tools is None:
+                prompt = await asyncio.to_thread(self._adapter.render_chat, request.messages)
+            else:
+                prompt = await asyncio.to_thread(self._adapter.render_chat, request.messages,  # type: ignore[call-arg]
+                                                 request.tools.tools)
             await self._check_prompt_length(prompt, "messages")
-            stream = self._ar.generate(prompt, request.sampling, request.request_id)
+            stream = self._ar.generate(prompt, sampling, request.request_id)
+            if tools is not None:
+                stream = tools.parse(stream)
             # aclosing: when our consumer closes us, the engine stream is closed (aborted) now, not at GC.
             async with aclosing(_until(stream, deadline)) as events:
                 async for event in events:
                     if isinstance(event, ChatFinished):
                         self._generated_tokens += event.completion_tokens
                     yield event
+
+    def _tool_parsing(self, request: ChatRequest) -> ToolCallParsing | None:
+        """The request's tool parsing, if it has tools; a 400 if the family's chats take none."""
+        uses_tools = request.tools is not None or any(m.role == "tool" or m.tool_calls for m in request.messages)
+        if not uses_tools:
+            return None
+        if self._tool_calling is None:
+            self._tool_calling = tool_calling_of(self._adapter)
+        if self._tool_calling is None:
+            raise CapabilityError(f"model {self._card.name} cannot call tools: its chat template renders none",
+                                  param="tools" if request.tools else "messages", code="capability_not_supported")
+        if request.tools is None:
+            return None
+        try:
+            return ToolCallParsing(request.tools, self._tool_calling, request.sampling)
+        except ValueError as exc:  # what vLLM's request model refuses (a tool's schema, say)
+            raise InvalidRequestError(f"tools: {exc}", param="tools") from exc
 
     async def images(self, request: ImageRequest) -> AsyncIterator[ImageEvent]:
         self._check_image_request(request)

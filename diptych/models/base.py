@@ -31,6 +31,9 @@ class Capabilities:
     output_resolution: int | None = None
     default_steps: int = 20
     default_guidance_scale: float = 4.0
+    # vLLM's tool parser for the calls the chat template teaches (e.g. "hermes"); None: the
+    # template renders no tools, and a request with tools is refused.
+    tool_parser: str | None = None
 
     def names(self) -> tuple[str, ...]:
         return tuple(n for n in ("understand", "generate", "edit") if getattr(self, n))
@@ -227,7 +230,10 @@ class FamilyAdapter(Protocol):
         """A directory vLLM can load for understanding, or None if the family has no AR stage."""
         ...
 
-    def render_chat(self, messages: tuple[ChatMessage, ...]) -> ChatPrompt: ...
+    def render_chat(self, messages: tuple[ChatMessage, ...]) -> ChatPrompt:
+        """The prompt of a chat; a family with a ``tool_parser`` also takes ``tools``
+        (``render_chat(messages, tools)``) and has ``chat_tokenizer()``, which its parser reads."""
+        ...
 
     def count_prompt_tokens(self, prompt: ChatPrompt | str) -> int:
         """Tokens the model sees: text, and each image at its expanded size."""
@@ -251,6 +257,22 @@ class FamilyAdapter(Protocol):
 
     # Optional: ``ar_image_stage(self) -> ARImageStage | None``, for families whose images are AR
     # tokens (see :func:`ar_image_stage_of`); families without it generate in the flow worker.
+
+
+@dataclass(frozen=True)
+class ToolCalling:
+    """How a family's chats call tools: vLLM's parser for its format, and the tokenizer it reads."""
+
+    parser: str
+    tokenizer: Any
+
+
+def tool_calling_of(adapter: FamilyAdapter) -> ToolCalling | None:
+    """The family's tool calling (``Capabilities.tool_parser`` with the adapter's ``chat_tokenizer()``)."""
+    parser = adapter.capabilities().tool_parser
+    if parser is None:
+        return None
+    return ToolCalling(parser, adapter.chat_tokenizer())  # type: ignore[attr-defined]
 
 
 def ar_image_stage_of(adapter: FamilyAdapter) -> ARImageStage | None:

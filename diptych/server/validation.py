@@ -46,10 +46,13 @@ def param_path(loc: tuple[Any, ...] | list[Any], body: Any = _NOT_A_PATH) -> str
     path: list[str] = []
     node = body
     tag_seen = False  # a part's tag comes once, before its fields
-    for part in parts:
+    for i, part in enumerate(parts):
         if isinstance(node, dict):
-            if not tag_seen and node.get("type") == part:
-                tag_seen = True  # a tagged union's tag: the part's own "type" value
+            # A tagged union's tag: the part's own "type" value. A field may share the tag's name
+            # ({"type": "function", "function": …}); then the tag is the first of the two.
+            is_field = part in node and (i + 1 == len(parts) or parts[i + 1] != part)
+            if not tag_seen and node.get("type") == part and not is_field:
+                tag_seen = True
                 continue
             if part in node:
                 path.append(str(part))

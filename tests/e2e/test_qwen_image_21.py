@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -80,10 +81,92 @@ def test_models_lists_every_task_and_the_reference_rules(client: openai.OpenAI) 
     assert caps["tasks"] == ["understand", "generate", "edit"]
     assert caps["max_source_images"] == 10 and caps["output_resolution"] == OUTPUT_RESOLUTION
     assert caps["reference_alpha"] is True and caps["image_size_multiple"] == 32
+    assert caps["tool_parser"] == "hermes"  # Qwen3-VL's template renders tools
 
 
 def test_chat_with_an_image(client: openai.OpenAI) -> None:
     assert_answers_follow_the_picture(client, MODEL)
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "strict": True,  # OpenAI's switch: the arguments are held to the schema
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Oslo"]}},
+                       "required": ["city"], "additionalProperties": False},
+    },
+}
+TIME = {"type": "function", "function": {"name": "get_time", "strict": True, "parameters": {
+    "type": "object", "properties": {"utc": {"type": "boolean"}}, "required": ["utc"], "additionalProperties": False}}}
+
+
+def _arguments_valid(call: Any) -> None:
+    import jsonschema
+
+    schema = {"get_weather": WEATHER, "get_time": TIME}[call.function.name]["function"]["parameters"]
+    jsonschema.validate(json.loads(call.function.arguments), schema)
+
+
+@pytest.fixture(scope="module")
+def no_whitespace(tiny_checkpoint: TinyCheckpoint) -> dict[str, int]:
+    """A logit bias against whitespace-only tokens: JSON may hold any amount of whitespace, and
+    the random model, once greedy on one, would fill max_tokens with it."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint("qwen-image-2.1") / "processor")
+    return {str(i): -100 for i in tokenizer.get_vocab().values() if not tokenizer.decode([i]).strip()}
+
+
+@pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "get_time"}}],
+                         ids=["required", "named"])
+def test_forced_tool_calls_follow_the_tools_schemas(client: openai.OpenAI, tool_choice: Any,
+                                                    no_whitespace: dict[str, int]) -> None:
+    # One call at most: the random model would otherwise go on calling until max_tokens.
+    request = {"model": MODEL, "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+               "tools": [WEATHER, TIME], "tool_choice": tool_choice, "parallel_tool_calls": False,
+               "max_tokens": 96, "temperature": 0, "logit_bias": no_whitespace}
+    completion = client.chat.completions.create(**request)
+    choice = completion.choices[0]
+    calls = choice.message.tool_calls
+    assert calls is not None and len(calls) == 1, choice
+    for call in calls:
+        assert call.id and call.type == "function"
+        _arguments_valid(call)
+    if tool_choice == "required":
+        assert choice.finish_reason == "tool_calls"
+    else:
+        assert choice.finish_reason == "stop" and [c.function.name for c in calls] == ["get_time"]
+
+    # Streamed, the same greedy calls arrive as deltas: the id and name first, then the arguments.
+    stream = client.chat.completions.create(**request, stream=True)
+    streamed: dict[int, dict[str, str]] = {}
+    finish = None
+    for chunk in stream:
+        for delta in chunk.choices[0].delta.tool_calls or []:
+            call = streamed.setdefault(delta.index, {"name": "", "arguments": ""})
+            call["name"] += (delta.function.name or "") if delta.function else ""
+            call["arguments"] += (delta.function.arguments or "") if delta.function else ""
+        finish = chunk.choices[0].finish_reason or finish
+    assert [(c["name"], json.loads(c["arguments"])) for _, c in sorted(streamed.items())] == [
+        (c.function.name, json.loads(c.function.arguments)) for c in calls]
+    assert finish == choice.finish_reason
+
+
+def test_a_tool_result_continues_the_chat(client: openai.OpenAI) -> None:
+    messages = [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "What is the weather in Oslo?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call-1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+        {"role": "tool", "tool_call_id": "call-1", "content": "Snow, -3 C."},
+    ]
+    completion = client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER],  # type: ignore[arg-type]
+                                                tool_choice="none", max_tokens=8, temperature=0)
+    choice = completion.choices[0]
+    assert choice.message.tool_calls is None and choice.finish_reason in ("stop", "length")
+    assert completion.usage is not None and completion.usage.prompt_tokens > 40  # the tools and the result were rendered
 
 
 def test_generated_image_equals_the_pipeline(client: openai.OpenAI, pipe: Any) -> None:

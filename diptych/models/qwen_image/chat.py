@@ -12,20 +12,20 @@ from typing import Any
 from diptych.models.base import ChatPrompt
 from diptych.models.chat import apply_chat_template
 from diptych.models.qwen_image.chat_template import CHAT_TEMPLATE
-from diptych.types import ChatMessage
+from diptych.types import ChatMessage, Tool
 
 _IMAGE_PAD = "<|image_pad|>"
 
 
 def render_chat(processor_or_tokenizer: Any, messages: tuple[ChatMessage, ...],
-                fallback_template: str = CHAT_TEMPLATE) -> ChatPrompt:
+                fallback_template: str = CHAT_TEMPLATE, tools: tuple[Tool, ...] = ()) -> ChatPrompt:
     """The chat template applied to ``messages``, with the assistant header appended.
 
     A processor or tokenizer without a template of its own (Qwen-Image text-to-image) gets
     ``fallback_template``: Qwen2.5-VL's unless the caller names its model's.
     """
     template = None if getattr(processor_or_tokenizer, "chat_template", None) else fallback_template
-    return apply_chat_template(processor_or_tokenizer, messages, _IMAGE_PAD, template)
+    return apply_chat_template(processor_or_tokenizer, messages, _IMAGE_PAD, template, tools)
 
 
 def count_tokens(processor_or_tokenizer: Any, prompt: ChatPrompt | str) -> int:

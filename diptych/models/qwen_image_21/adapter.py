@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from diptych.models.base import Capabilities, ChatPrompt, FlowRunner, WeightFiles, diffusers_vlm_weight_files
-from diptych.types import ChatMessage
+from diptych.types import ChatMessage, Tool
 
 # Declared in model_index.json (diffusers ignores keys starting with "_"); the pipeline takes it
 # as its ``output_resolution`` argument.
@@ -57,6 +57,8 @@ class QwenImage21Adapter:
             output_resolution=side,
             default_steps=20,
             default_guidance_scale=4.0,
+            # Qwen3-VL writes its calls in the hermes format, when its template teaches tools.
+            tool_parser="hermes" if _template_renders_tools(self.model_dir / "processor") else None,
         )
 
     def prepare_ar_model(self, staging_root: Path) -> Path:
@@ -75,11 +77,14 @@ class QwenImage21Adapter:
         # The staged directory links processor/: the files vLLM renders with, so prompts count alike.
         return AutoProcessor.from_pretrained(self._staged or self.model_dir / "processor")
 
-    def render_chat(self, messages: tuple[ChatMessage, ...]) -> ChatPrompt:
+    def render_chat(self, messages: tuple[ChatMessage, ...], tools: tuple[Tool, ...] = ()) -> ChatPrompt:
         from diptych.models.qwen_image.chat import render_chat
         from diptych.models.qwen_image_21.chat_template import CHAT_TEMPLATE
 
-        return render_chat(self._processor, messages, fallback_template=CHAT_TEMPLATE)
+        return render_chat(self._processor, messages, fallback_template=CHAT_TEMPLATE, tools=tools)
+
+    def chat_tokenizer(self) -> Any:
+        return self._processor.tokenizer
 
     def count_prompt_tokens(self, prompt: ChatPrompt | str) -> int:
         from diptych.models.qwen_image.chat import count_tokens
@@ -111,3 +116,10 @@ def _declared_resolution(index: dict[str, Any], model_dir: Path) -> int:
         raise ValueError(f"{model_dir}/model_index.json: {OUTPUT_RESOLUTION_KEY} must be a multiple of "
                          f"{_SIZE_MULTIPLE} of at least {_SIZE_MULTIPLE}, got {value!r}")
     return value
+
+
+def _template_renders_tools(processor_dir: Path) -> bool:
+    """Whether the checkpoint's chat template uses the ``tools`` variable (wherever the files keep it)."""
+    texts = [(processor_dir / "chat_template.jinja")]
+    texts += [processor_dir / name for name in ("chat_template.json", "tokenizer_config.json")]
+    return any("tools" in path.read_text() for path in texts if path.is_file())

@@ -29,19 +29,56 @@ QWEN3_EXTRA_TOKENS: tuple[str, ...] = (
 )
 SPECIAL_TOKENS: tuple[str, ...] = QWEN2_5_VL_SPECIAL_TOKENS + QWEN3_EXTRA_TOKENS
 
-# The parts of Qwen3-VL-Instruct's template that a prompt encoder meets (tools are left out):
-# a leading system message rendered once, with no default system turn when there is none;
-# user turns with images / videos (CONTENT_PARTS, as Qwen2.5-VL's); assistant turns; the
-# assistant header on request.
+# Tool use in Qwen3's format (what vLLM's "hermes" parser reads): the tools' JSON signatures
+# inside <tools></tools> in the system turn, each call the model makes as
+# <tool_call>{"name": …, "arguments": {…}}</tool_call>, and each result a <tool_response> in a
+# user turn (a run of tool messages shares one turn). The instructions' wording is ours.
+_TOOLS_PREAMBLE = (
+    "{%- if tools -%}"
+    "{{- '<|im_start|>system\\n' -}}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set content = messages[0]['content'] -%}" + CONTENT_PARTS + "{{- '\\n\\n' -}}"
+    "{%- endif -%}"
+    "{{- '# Tools\\n\\nThese functions may be called to help with the request. Their signatures:\\n<tools>' -}}"
+    "{%- for tool in tools -%}{{- '\\n' -}}{{- tool | tojson -}}{%- endfor -%}"
+    "{{- '\\n</tools>\\n\\nTo call one, write its name and a JSON object of arguments between tags:\\n"
+    "<tool_call>\\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\\n</tool_call><|im_end|>\\n' -}}"
+    "{%- endif -%}"
+)
+_TOOL_CALLS = (
+    "{%- for call in message.tool_calls -%}"
+    "{%- if not loop.first or content -%}{{- '\\n' -}}{%- endif -%}"
+    "{{- '<tool_call>\\n{\"name\": \"' + call.function.name + '\", \"arguments\": ' -}}"
+    "{{- call.function.arguments | tojson -}}{{- '}\\n</tool_call>' -}}"
+    "{%- endfor -%}"
+)
+_TOOL_RESPONSE = (
+    "{%- if loop.first or messages[loop.index0 - 1]['role'] != 'tool' -%}{{- '<|im_start|>user' -}}{%- endif -%}"
+    "{{- '\\n<tool_response>\\n' -}}" + CONTENT_PARTS + "{{- '\\n</tool_response>' -}}"
+    "{%- if loop.last or messages[loop.index0 + 1]['role'] != 'tool' -%}{{- '<|im_end|>\\n' -}}{%- endif -%}"
+)
+
+# Qwen3-VL-Instruct's conventions as a template: a leading system message rendered once
+# (folded into the tools' system turn when there are tools), with no default system turn;
+# user turns with images / videos (CONTENT_PARTS, as Qwen2.5-VL's); assistant turns with
+# their tool calls; tool results; the assistant header on request.
 CHAT_TEMPLATE = (
     "{%- set image_count = namespace(value=0) -%}"
     "{%- set video_count = namespace(value=0) -%}"
-    "{%- for message in messages -%}"
-    "{%- if message['role'] != 'system' or loop.first -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    + _TOOLS_PREAMBLE
+    + "{%- for message in messages -%}"
     "{%- set content = message['content'] -%}"
+    "{%- if message['role'] == 'system' -%}"
+    "{%- if loop.first and not tools -%}"
+    "{{- '<|im_start|>system\\n' -}}" + CONTENT_PARTS + "{{- '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- elif message['role'] == 'tool' -%}"
+    + _TOOL_RESPONSE
+    + "{%- else -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
     + CONTENT_PARTS
-    + "{{- '<|im_end|>\\n' -}}"
+    + "{%- if message.tool_calls -%}" + _TOOL_CALLS + "{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}"

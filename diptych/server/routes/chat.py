@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -20,9 +21,13 @@ from diptych.server.schemas.chat import (
     ChoiceLogprobs,
     ChunkChoice,
     Delta,
+    DeltaFunctionCall,
+    DeltaToolCall,
+    FunctionCall,
     ResponseMessage,
     StreamOptions,
     TokenLogprobOut,
+    ToolCall,
     TopLogprob,
     Usage,
 )
@@ -78,14 +83,39 @@ def _logprobs(deltas: list[TextDelta], wanted: bool) -> ChoiceLogprobs | None:
     ])
 
 
+def _tool_calls(deltas: list[TextDelta]) -> list[ToolCall]:
+    """A choice's tool-call deltas joined into whole calls, in order."""
+    calls: dict[int, dict[str, str]] = {}
+    for delta in deltas:
+        for piece in delta.tool_calls:
+            call = calls.setdefault(piece.index, {"id": "", "name": "", "arguments": ""})
+            call["id"] = call["id"] or (piece.id or "")
+            call["name"] += piece.name or ""
+            call["arguments"] += piece.arguments
+    return [ToolCall(id=call["id"], function=FunctionCall(name=call["name"], arguments=call["arguments"]))
+            for _, call in sorted(calls.items())]
+
+
+def _delta_tool_calls(delta: TextDelta) -> list[DeltaToolCall] | None:
+    if not delta.tool_calls:
+        return None
+    return [DeltaToolCall(index=piece.index, id=piece.id, type="function" if piece.id else None,
+                          function=DeltaFunctionCall(name=piece.name, arguments=piece.arguments if piece.arguments
+                                                     else None))
+            for piece in delta.tool_calls]
+
+
 async def _completion(run: chat.ChatRun, model: str, logprobs: bool) -> JSONResponse:
     deltas, finished = await run.stream.until(ChatFinished)
     texts = [event for event in deltas if isinstance(event, TextDelta)]
     choices = []
     for index, finish_reason in enumerate(finished.finish_reasons):
         mine = [event for event in texts if event.index == index]
-        choices.append(Choice(index=index, message=ResponseMessage(content="".join(event.text for event in mine)),
-                              logprobs=_logprobs(mine, logprobs), finish_reason=finish_reason))
+        content = "".join(event.text for event in mine)
+        calls = _tool_calls(mine)
+        message = ResponseMessage(content=content or (None if calls else ""), tool_calls=calls or None)
+        choices.append(Choice(index=index, message=message, logprobs=_logprobs(mine, logprobs),
+                              finish_reason=finish_reason))
     completion = ChatCompletion(
         id=run.request_id,
         created=run.created,
@@ -93,7 +123,11 @@ async def _completion(run: chat.ChatRun, model: str, logprobs: bool) -> JSONResp
         choices=choices,
         usage=_usage(finished.prompt_tokens, finished.completion_tokens),
     )
-    return JSONResponse(completion.model_dump())
+    payload = completion.model_dump()
+    for choice in payload["choices"]:
+        if choice["message"]["tool_calls"] is None:
+            del choice["message"]["tool_calls"]
+    return JSONResponse(payload)
 
 
 async def _chunks(
@@ -123,7 +157,7 @@ async def _chunks(
         if usage is None:
             del payload["usage"]
         for c in payload["choices"]:
-            c["delta"] = {k: v for k, v in c["delta"].items() if v is not None}
+            c["delta"] = _without_nulls(c["delta"])
         return sse_event(payload)
 
     for index in range(n):
@@ -133,9 +167,10 @@ async def _chunks(
             completion_tokens += event.num_tokens
             so_far = _usage(event.prompt_tokens, completion_tokens) if continuous else None
             # A token with no text yet (a special token, part of a UTF-8 sequence) still has its logprob.
-            if event.text or (logprobs and event.logprobs):
-                yield chunk(event.index, Delta(content=event.text), usage=so_far,
-                            token_logprobs=_logprobs([event], logprobs))
+            if event.text or event.tool_calls or (logprobs and event.logprobs):
+                yield chunk(event.index, Delta(content=event.text or None if event.tool_calls else event.text,
+                                               tool_calls=_delta_tool_calls(event)),
+                            usage=so_far, token_logprobs=_logprobs([event], logprobs))
             if event.finish_reason is not None and event.index in unfinished:
                 unfinished.discard(event.index)
                 yield chunk(event.index, Delta(), finish=event.finish_reason, usage=so_far)
@@ -147,3 +182,12 @@ async def _chunks(
                 yield chunk(None, Delta(), usage=usage)
             break
     yield sse_event("[DONE]")
+
+
+def _without_nulls(value: Any) -> Any:
+    """A delta as OpenAI streams it: fields with nothing new are left out."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value

@@ -39,6 +39,7 @@ def models_router(engine: EngineClient, settings: Settings) -> APIRouter:
                 supports_mask=caps.supports_mask,
                 reference_alpha=caps.reference_alpha,
                 output_resolution=caps.output_resolution,
+                tool_parser=caps.tool_parser,
                 max_model_len=card.max_model_len,
                 max_prompt_tokens=settings.max_prompt_tokens,
             ),

@@ -31,10 +31,44 @@ class ImageURLContent(_Strict):
 ContentPart = Annotated[TextContent | ImageURLContent, Field(discriminator="type")]
 
 
+class FunctionCall(_Strict):
+    name: str
+    arguments: str = Field(description="The call's arguments: a JSON object, as text.")
+
+
+class ToolCall(_Strict):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(_Strict):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = Field(default=None, description="An assistant's calls.")
+    tool_call_id: str | None = Field(default=None, description="A tool message: the call it answers.")
+
+
+class FunctionDefinition(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(default=None, description="The arguments' JSON Schema.")
+    strict: bool | None = None
+
+
+class ToolDefinition(_Strict):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Strict):
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class StreamOptions(_Strict):
@@ -78,6 +112,10 @@ class ChatCompletionRequest(_Strict):
                                      "likely tokens at each position.")
     response_format: ResponseFormat | None = Field(default=None, description="json_object or json_schema: "
                                                    "decoding constrained by vLLM's structured outputs.")
+    tools: list[ToolDefinition] | None = Field(default=None, max_length=128, description="Functions the model "
+                                               "may call (families whose template renders tools).")
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     # vLLM's own sampling fields, as vLLM's OpenAI server takes them.
     ignore_eos: bool = Field(default=False, description="vLLM: decode max_tokens tokens, ignoring end of sequence.")
     min_tokens: int = Field(default=0, ge=0, description="vLLM: tokens generated before a stop can end the output.")
@@ -100,7 +138,8 @@ class ChatCompletionRequest(_Strict):
 
 class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] | None = None  # left out of the JSON when there are none, as OpenAI does
 
 
 class TopLogprob(BaseModel):
@@ -121,7 +160,7 @@ class Choice(BaseModel):
     index: int
     message: ResponseMessage
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "tool_calls"]
 
 
 class Usage(BaseModel):
@@ -139,16 +178,29 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
+class DeltaFunctionCall(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class DeltaToolCall(BaseModel):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunctionCall
+
+
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChunkChoice(BaseModel):
     index: int
     delta: Delta
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: Literal["stop", "length", "tool_calls"] | None = None
 
 
 class ChatCompletionChunk(BaseModel):

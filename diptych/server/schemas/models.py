@@ -21,6 +21,7 @@ class ModelCapabilities(BaseModel):
     supports_mask: bool
     reference_alpha: bool
     output_resolution: int | None
+    tool_parser: str | None  # vLLM's parser of the model's tool calls; null: chats take no tools
     max_model_len: int
     max_prompt_tokens: int
 

@@ -17,10 +17,21 @@ from diptych.engine.protocol import EngineClient
 from diptych.server.errors import APIError
 from diptych.server.media import check_image_count, decode_image, decode_image_url, is_remote_url
 from diptych.server.remote_images import RemoteImageFetcher
-from diptych.server.schemas.chat import ChatCompletionRequest, TextContent
+from diptych.server.schemas.chat import ChatCompletionRequest, NamedToolChoice, TextContent, ToolCall
 from diptych.server.services.streams import EngineStream, open_stream
 from diptych.settings import Settings
-from diptych.types import ChatEvent, ChatMessage, ChatRequest, ImagePart, SamplingOptions, StructuredOutput, TextPart
+from diptych.types import (
+    ChatEvent,
+    ChatMessage,
+    ChatRequest,
+    ImagePart,
+    SamplingOptions,
+    StructuredOutput,
+    TextPart,
+    Tool,
+    ToolUse,
+)
+from diptych.types import ToolCall as EngineToolCall
 
 
 ImageKey = tuple[int, int]  # (message index, content-part index)
@@ -73,8 +84,47 @@ def _to_engine_messages(body: ChatCompletionRequest, images: dict[ImageKey, Imag
         elif message.content is not None:
             for j, part in enumerate(message.content):
                 parts.append(TextPart(part.text) if isinstance(part, TextContent) else ImagePart(images[(i, j)]))
-        messages.append(ChatMessage(role=role, content=tuple(parts)))  # type: ignore[arg-type]
+        if message.tool_calls and message.role != "assistant":
+            raise APIError(400, f"messages[{i}]: only assistant messages carry tool_calls",
+                           param=f"messages.{i}.tool_calls")
+        if message.role == "tool" and message.tool_call_id is None:
+            raise APIError(400, f"messages[{i}]: a tool message needs the tool_call_id it answers",
+                           param=f"messages.{i}.tool_call_id")
+        calls = tuple(_tool_call(call, f"messages.{i}.tool_calls.{j}") for j, call in enumerate(message.tool_calls or ()))
+        messages.append(ChatMessage(role=role, content=tuple(parts), tool_calls=calls,  # type: ignore[arg-type]
+                                    tool_call_id=message.tool_call_id if message.role == "tool" else None))
     return tuple(messages)
+
+
+def _tool_call(call: ToolCall, param: str) -> EngineToolCall:
+    try:
+        arguments = json.loads(call.function.arguments)
+    except ValueError:
+        arguments = None
+    if not isinstance(arguments, dict):
+        raise APIError(400, f"{param}: function.arguments must be a JSON object, as text",
+                       param=f"{param}.function.arguments")
+    return EngineToolCall(id=call.id, name=call.function.name, arguments=call.function.arguments)
+
+
+def _tool_use(body: ChatCompletionRequest) -> ToolUse | None:
+    """``tools``, ``tool_choice`` and ``parallel_tool_calls`` as the engine takes them (None: no tools)."""
+    choice = body.tool_choice
+    if not body.tools:
+        if choice is not None and choice != "none":
+            raise APIError(400, "tool_choice: needs tools", param="tool_choice")
+        return None
+    tools = tuple(Tool(name=t.function.name, description=t.function.description,
+                       parameters=None if t.function.parameters is None else json.dumps(t.function.parameters),
+                       strict=t.function.strict)
+                  for t in body.tools)
+    parallel = body.parallel_tool_calls is not False
+    if isinstance(choice, NamedToolChoice):
+        if choice.function.name not in {tool.name for tool in tools}:
+            raise APIError(400, f"tool_choice: no tool is named {choice.function.name!r}",
+                           param="tool_choice.function.name")
+        return ToolUse(tools, "function", choice.function.name, parallel)
+    return ToolUse(tools, choice or "auto", None, parallel)
 
 
 def _sampling(body: ChatCompletionRequest, settings: Settings) -> SamplingOptions:
@@ -118,7 +168,7 @@ def _structured(body: ChatCompletionRequest) -> StructuredOutput | None:
         return StructuredOutput()
     if response_format.json_schema is None:
         raise APIError(400, "response_format: type json_schema needs a json_schema", param="response_format.json_schema")
-    return StructuredOutput(json_schema=json.dumps(response_format.json_schema.json_schema))
+    return StructuredOutput("json", json.dumps(response_format.json_schema.json_schema))
 
 
 @dataclass
@@ -134,7 +184,9 @@ async def complete(
     if body.messages[-1].role == "assistant":
         raise APIError(400, "the last message must not be from the assistant", param="messages")
     sampling = _sampling(body, settings)
+    tools = _tool_use(body)
     urls = _image_urls(body, settings)
     messages = _to_engine_messages(body, await _load_images(urls, settings, fetcher))
-    request = ChatRequest(request_id=f"chatcmpl-{uuid.uuid4().hex}", messages=messages, sampling=sampling)
+    request = ChatRequest(request_id=f"chatcmpl-{uuid.uuid4().hex}", messages=messages, sampling=sampling,
+                          tools=tools)
     return ChatRun(request.request_id, int(time.time()), await open_stream(engine.chat(request)))

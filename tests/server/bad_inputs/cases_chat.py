@@ -110,6 +110,34 @@ CASES = [
     _c("metadata-not-strings", chat(metadata={"a": 1}), "metadata.a"),
     _c("service-tier-unknown", chat(service_tier="gold"), "service_tier"),
     _c("modalities-audio", chat(modalities=["audio"]), "modalities.0"),
+    # Tools: shapes and names.
+    _c("tool-type-unknown", chat(tools=[{"type": "retrieval", "function": {"name": "f"}}]), "tools.0.type"),
+    _c("tool-name-with-spaces", chat(tools=[{"type": "function", "function": {"name": "get weather"}}]),
+       "tools.0.function.name"),
+    _c("tool-parameters-list", chat(tools=[{"type": "function", "function": {"name": "f", "parameters": []}}]),
+       "tools.0.function.parameters"),
+    _c("tool-choice-unknown", chat(tool_choice="sometimes"), "tool_choice"),
+    _c("parallel-tool-calls-string", chat(parallel_tool_calls="no"), "parallel_tool_calls"),
+    _c("tool-call-arguments-object", chat(messages=[user_message(text_part("hi")), {"role": "assistant", "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": {"x": 1}}}]},
+        {"role": "tool", "tool_call_id": "c", "content": "1"}]), "messages.1.tool_calls.0.function.arguments"),
+    # Tools: well-formed, but not servable as asked.
+    _c("tool-choice-without-tools", chat(tool_choice="required"), "tool_choice", None),
+    _c("tool-choice-names-no-tool", chat(tools=[{"type": "function", "function": {"name": "f"}}],
+                                         tool_choice={"type": "function", "function": {"name": "g"}}),
+       "tool_choice.function.name", None),
+    _c("tool-message-without-call-id", chat(messages=[user_message(text_part("hi")),
+                                                      {"role": "tool", "content": "1"}]), "messages.1.tool_call_id", None),
+    _c("tool-calls-on-a-user-message", chat(messages=[{"role": "user", "content": "hi", "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]), "messages.0.tool_calls", None),
+    _c("tool-call-arguments-not-json", chat(messages=[user_message(text_part("hi")), {"role": "assistant", "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "x="}}]},
+        {"role": "tool", "tool_call_id": "c", "content": "1"}]), "messages.1.tool_calls.0.function.arguments", None),
+    _c("tools-on-a-family-without-tool-calling", chat(tools=[{"type": "function", "function": {"name": "f"}}]),
+       "tools", "capability_not_supported"),
+    _c("tool-result-on-a-family-without-tool-calling", chat(messages=[user_message(text_part("hi")), {
+        "role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c", "content": "1"}]), "messages", "capability_not_supported"),
     # Well-formed, but not servable as asked.
     _c("messages-empty", chat(messages=[]), "messages"),
     _c("stop-five-sequences", chat(stop=["a", "b", "c", "d", "e"]), "stop", None),
