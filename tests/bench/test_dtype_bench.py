@@ -11,6 +11,7 @@ from diptych.bench import dtype
 from tests.conftest import TinyCheckpoint
 
 
+@pytest.mark.slow  # two child processes per instruction set (~11 s); keeps `make test` in its budget
 @pytest.mark.timeout(300)
 def test_dtype_bench_times_both_dtypes_on_both_instruction_sets(
     tiny_checkpoint: TinyCheckpoint, capsys: pytest.CaptureFixture[str]

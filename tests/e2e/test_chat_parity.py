@@ -138,7 +138,7 @@ def test_json_schema_output_is_valid_under_the_schema(server: ServerProcess) -> 
     import jsonschema
 
     response_format = {"type": "json_schema", "json_schema": {"name": "picture", "schema": COLOUR_SCHEMA}}
-    for seed in range(3):
+    for seed in (0, 1):
         response = _chat(server, max_tokens=64, temperature=1.0, seed=seed, response_format=response_format)
         choice = response.json()["choices"][0]
         assert response.status_code == 200 and choice["finish_reason"] == "stop", response.text
