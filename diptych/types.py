@@ -7,9 +7,10 @@ this module; it imports no other module of the package.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from PIL import Image
 
@@ -68,14 +69,27 @@ class ToolUse:
 
 @dataclass(frozen=True)
 class StructuredOutput:
-    """Decoding constrained by vLLM's structured outputs.
+    """Decoding constrained by vLLM's structured outputs (its ``StructuredOutputsParams``).
 
-    ``kind``: "json_object" (any JSON object), "json" (JSON valid under the schema ``spec``),
-    "structural_tag" (vLLM's structural tag ``spec``, which is how tool calls are constrained).
+    ``kind`` names the constraint and ``spec`` holds it: "json_object" (none: any JSON object),
+    "json" (a JSON Schema, serialised), "regex", "choice" (a JSON list of strings), "grammar"
+    (EBNF), "structural_tag" (vLLM's structural tag, serialised; how tool calls are constrained).
     """
 
-    kind: Literal["json_object", "json", "structural_tag"] = "json_object"
-    spec: str = ""  # serialised JSON
+    kind: Literal["json_object", "json", "regex", "choice", "grammar", "structural_tag"] = "json_object"
+    spec: str = ""
+    disable_any_whitespace: bool = False
+    disable_additional_properties: bool = False
+    whitespace_pattern: str | None = None
+
+    def vllm_fields(self) -> dict[str, Any]:
+        """The arguments of vLLM's ``StructuredOutputsParams`` (and of its request's ``structured_outputs``)."""
+        value: Any = True if self.kind == "json_object" else json.loads(self.spec) if self.kind == "choice" else self.spec
+        fields: dict[str, Any] = {self.kind: value, "disable_any_whitespace": self.disable_any_whitespace,
+                                  "disable_additional_properties": self.disable_additional_properties}
+        if self.whitespace_pattern is not None:
+            fields["whitespace_pattern"] = self.whitespace_pattern
+        return fields
 
 
 @dataclass(frozen=True)
@@ -100,6 +114,9 @@ class SamplingOptions:
     logprobs: int | None = None  # None: none; k: each token's log-probability and its k most likely alternatives
     n: int = 1  # independent completions of the one prompt (choices); vLLM seeds choice i with seed + i
     structured: StructuredOutput | None = None
+    allowed_token_ids: tuple[int, ...] = ()  # empty: all
+    bad_words: tuple[str, ...] = ()  # words never generated
+    spaces_between_special_tokens: bool = True
 
 
 @dataclass(frozen=True)

@@ -358,10 +358,7 @@ def _sampling_params(sampling: SamplingOptions) -> SamplingParams:
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
-    structured = None
-    if sampling.structured is not None:
-        kind, spec = sampling.structured.kind, sampling.structured.spec
-        structured = StructuredOutputsParams(**{kind: True if kind == "json_object" else spec})
+    structured = None if sampling.structured is None else StructuredOutputsParams(**sampling.structured.vllm_fields())
 
     return SamplingParams(
         n=sampling.n,
@@ -383,6 +380,9 @@ def _sampling_params(sampling: SamplingOptions) -> SamplingParams:
         include_stop_str_in_output=sampling.include_stop_str_in_output,
         logprobs=sampling.logprobs,
         structured_outputs=structured,
+        allowed_token_ids=list(sampling.allowed_token_ids) or None,
+        bad_words=list(sampling.bad_words) or None,
+        spaces_between_special_tokens=sampling.spaces_between_special_tokens,
         output_kind=RequestOutputKind.DELTA,
     )
 

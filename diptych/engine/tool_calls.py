@@ -45,7 +45,7 @@ class ToolCallParsing:
             "skip_special_tokens": sampling.skip_special_tokens,
         }
         if sampling.structured is not None:
-            fields["response_format"] = _response_format(sampling.structured)
+            fields["structured_outputs"] = sampling.structured.vllm_fields()
         self._parsers: dict[int, Any] = {0: chat_output_parser(calling.parser, calling.tokenizer)}
         self._request = self._parsers[0].adjust_request(vllm_chat_request(fields))
         self.sampling = dataclasses.replace(
@@ -94,18 +94,16 @@ def _call_delta(call: Any) -> ToolCallDelta:
                          arguments=(function.arguments or "") if function else "")
 
 
-def _response_format(structured: StructuredOutput) -> dict[str, Any]:
-    if structured.kind == "json":
-        return {"type": "json_schema", "json_schema": {"name": "response", "schema": json.loads(structured.spec)}}
-    return {"type": "json_object"}
-
-
 def _structured(params: Any) -> StructuredOutput | None:
-    """vLLM's ``StructuredOutputsParams`` (what the parser set) as our own."""
+    """vLLM's ``StructuredOutputsParams`` (what the parser set, or the request's own) as ours."""
     if params is None:
         return None
-    if params.structural_tag is not None:
-        return StructuredOutput("structural_tag", params.structural_tag)
-    if params.json is not None:
-        return StructuredOutput("json", params.json if isinstance(params.json, str) else json.dumps(params.json))
-    return StructuredOutput("json_object")
+    options = {"disable_any_whitespace": params.disable_any_whitespace,
+               "disable_additional_properties": params.disable_additional_properties,
+               "whitespace_pattern": params.whitespace_pattern}
+    for kind in ("structural_tag", "json", "regex", "choice", "grammar"):
+        value = getattr(params, kind)
+        if value is not None:
+            spec = value if isinstance(value, str) else json.dumps(value)
+            return StructuredOutput(kind, spec, **options)  # type: ignore[arg-type]
+    return StructuredOutput("json_object", **options)

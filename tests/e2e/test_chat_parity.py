@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any
@@ -156,6 +157,34 @@ def test_json_object_output_parses_as_json(server: ServerProcess, token_of: Call
     assert response.status_code == 200, response.text
     content = response.json()["choices"][0]["message"]["content"]
     assert isinstance(json.loads(content), dict), content
+
+
+def test_vllms_structured_outputs_constrain_the_text(server: ServerProcess) -> None:
+    choices = ["red circle", "blue square", "green triangle"]
+    for seed in (0, 1):
+        response = _chat(server, max_tokens=16, temperature=1.0, seed=seed, structured_outputs={"choice": choices})
+        assert response.status_code == 200, response.text
+        assert response.json()["choices"][0]["message"]["content"] in choices
+    response = _chat(server, max_tokens=16, structured_outputs={"regex": "(yes|no), [0-9]{2}"})
+    assert re.fullmatch("(yes|no), [0-9]{2}", response.json()["choices"][0]["message"]["content"]), response.text
+
+
+def test_allowed_token_ids_and_bad_words_restrict_the_vocabulary(server: ServerProcess, forced: int,
+                                                                  edit_checkpoint: Path) -> None:
+    only = _chat(server, max_tokens=6, ignore_eos=True, allowed_token_ids=[forced])
+    assert only.json()["choices"][0]["message"]["content"] == WORD * 6, only.text
+    # vLLM bans a word as it tokenises alone (and with a leading space only when that has as
+    # many tokens), so the banned word here is one token either way.
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(edit_checkpoint / "tokenizer")
+    word = next(w for w in ("the", "and", "is", "of", "a") if len(tokenizer.encode(w, add_special_tokens=False)) == 1)
+    (token,) = tokenizer.encode(word, add_special_tokens=False)
+    biased = {"max_tokens": 6, "ignore_eos": True, "logit_bias": {str(token): 100}, "logprobs": True}
+    assert _chat(server, **biased).json()["choices"][0]["message"]["content"] == word * 6
+    banned = _chat(server, **biased, bad_words=[word])
+    assert banned.status_code == 200, banned.text
+    assert word not in [t["token"] for t in banned.json()["choices"][0]["logprobs"]["content"]]
 
 
 def test_fields_without_effect_here_are_accepted(server: ServerProcess) -> None:

@@ -90,6 +90,20 @@ class ResponseFormat(_Strict):
     json_schema: JSONSchemaFormat | None = None
 
 
+class StructuredOutputs(_Strict):
+    """vLLM's own form of constrained decoding: exactly one constraint, and its options."""
+
+    json_: dict[str, Any] | str | None = Field(default=None, alias="json", description="A JSON Schema.")
+    regex: str | None = None
+    choice: list[str] | None = Field(default=None, min_length=1)
+    grammar: str | None = Field(default=None, description="An EBNF grammar.")
+    json_object: bool | None = None
+    structural_tag: str | None = None
+    disable_any_whitespace: bool = False
+    disable_additional_properties: bool = False
+    whitespace_pattern: str | None = None
+
+
 class ChatCompletionRequest(_Strict):
     model: str
     messages: list[Message] = Field(min_length=1)
@@ -116,6 +130,8 @@ class ChatCompletionRequest(_Strict):
                                                "may call (families whose template renders tools).")
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    structured_outputs: StructuredOutputs | None = Field(default=None, description="vLLM: constrained decoding "
+                                                         "(json, regex, choice, grammar, json_object, structural_tag).")
     # vLLM's own sampling fields, as vLLM's OpenAI server takes them.
     ignore_eos: bool = Field(default=False, description="vLLM: decode max_tokens tokens, ignoring end of sequence.")
     min_tokens: int = Field(default=0, ge=0, description="vLLM: tokens generated before a stop can end the output.")
@@ -127,6 +143,12 @@ class ChatCompletionRequest(_Strict):
                                                                       description="vLLM: token ids that end the output.")
     skip_special_tokens: bool = Field(default=True, description="vLLM: leave special tokens out of the text.")
     include_stop_str_in_output: bool = Field(default=False, description="vLLM: keep the stop string in the text.")
+    spaces_between_special_tokens: bool = Field(default=True, description="vLLM: a space between special tokens "
+                                                "in the text.")
+    allowed_token_ids: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, min_length=1, max_length=4096,
+                                                                         description="vLLM: only these tokens.")
+    bad_words: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, max_length=64,
+                                                                         description="vLLM: words never generated.")
     # OpenAI's fields with no effect on a self-hosted model: accepted, ignored (docs/api.md).
     user: str | None = None
     store: bool | None = None

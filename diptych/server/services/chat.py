@@ -10,6 +10,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from PIL import Image
 
@@ -156,19 +157,44 @@ def _sampling(body: ChatCompletionRequest, settings: Settings) -> SamplingOption
         logprobs=(body.top_logprobs or 0) if body.logprobs else None,
         n=body.n,
         structured=_structured(body),
+        allowed_token_ids=tuple(body.allowed_token_ids or ()),
+        bad_words=tuple(body.bad_words or ()),
+        spaces_between_special_tokens=body.spaces_between_special_tokens,
     )
 
 
 def _structured(body: ChatCompletionRequest) -> StructuredOutput | None:
-    """``response_format`` as vLLM's structured outputs take it (``text``: none)."""
+    """``structured_outputs`` (vLLM's form) and ``response_format`` as one constraint.
+
+    As in vLLM, a JSON ``response_format`` replaces the constraint of ``structured_outputs`` and
+    keeps its options; ``text`` adds none.
+    """
+    options: dict[str, Any] = {}
+    constraint: tuple[str, str] | None = None
+    if (given := body.structured_outputs) is not None:
+        options = {"disable_any_whitespace": given.disable_any_whitespace,
+                   "disable_additional_properties": given.disable_additional_properties,
+                   "whitespace_pattern": given.whitespace_pattern}
+        constraints = {"json": given.json_, "regex": given.regex, "choice": given.choice, "grammar": given.grammar,
+                "json_object": given.json_object or None, "structural_tag": given.structural_tag}
+        named = [kind for kind, value in constraints.items() if value is not None]
+        if len(named) != 1:
+            raise APIError(400, f"structured_outputs: give exactly one of {', '.join(constraints)} (got {len(named) or 'none'})",
+                           param="structured_outputs")
+        (kind,) = named
+        value = constraints[kind]
+        constraint = (kind, "" if kind == "json_object" else value if isinstance(value, str) else json.dumps(value))
     response_format = body.response_format
-    if response_format is None or response_format.type == "text":
+    if response_format is not None and response_format.type == "json_object":
+        constraint = ("json_object", "")
+    elif response_format is not None and response_format.type == "json_schema":
+        if response_format.json_schema is None:
+            raise APIError(400, "response_format: type json_schema needs a json_schema",
+                           param="response_format.json_schema")
+        constraint = ("json", json.dumps(response_format.json_schema.json_schema))
+    if constraint is None:
         return None
-    if response_format.type == "json_object":
-        return StructuredOutput()
-    if response_format.json_schema is None:
-        raise APIError(400, "response_format: type json_schema needs a json_schema", param="response_format.json_schema")
-    return StructuredOutput("json", json.dumps(response_format.json_schema.json_schema))
+    return StructuredOutput(*constraint, **options)  # type: ignore[arg-type]
 
 
 @dataclass
