@@ -95,7 +95,10 @@ def add_setting_flags(parser: argparse.ArgumentParser, fields: Mapping[str, Fiel
                 options["metavar"] = flag.removeprefix("--").replace("-", "_").upper()
         # argparse formats help with %; a description's own % must survive that.
         description = (field.description or "").replace("%", "%%")
-        parser.add_argument(flag, dest=name, default=None, help=f"{description} [{env_var(name)}{shown}]", **options)
+        # A repeatable setting also answers to its plural (--flow-devices cpu,cpu).
+        aliases = [flag + "s"] if options.get("action") == "append" else []
+        parser.add_argument(flag, *aliases, dest=name, default=None, help=f"{description} [{env_var(name)}{shown}]",
+                            **options)
 
 
 def serve_overrides(args: argparse.Namespace) -> dict[str, Any]:

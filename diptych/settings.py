@@ -115,6 +115,11 @@ class Settings(BaseSettings):
         description="What the image decoder keeps across requests for reuse (prompt embeddings, prefix keys and "
         "values), in GiB; least recently used first out; 0 keeps nothing.",
     )
+    flow_devices: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="One image decoder worker per entry, each request to the least loaded (comma-separated); "
+        "CPU workers split the cores. Unset: one worker on --device.",
+    )
     max_model_len: int = Field(default=4096, ge=256, description="vLLM context length: prompt and output tokens.")
     max_num_seqs: int = Field(default=16, ge=1, description="vLLM sequences per step (a guided image is two).")
     # vLLM's parallelism, under vLLM's names.
@@ -146,6 +151,20 @@ class Settings(BaseSettings):
         # An environment variable holds keys comma-separated.
         if isinstance(value, str):
             return tuple(k.strip() for k in value.split(",") if k.strip())
+        return value
+
+    @field_validator("flow_devices", mode="before")
+    @classmethod
+    def _split_devices(cls, value: object) -> object:
+        # Comma-separated in the environment, and in each use of the flag.
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, (list, tuple)):
+            devices = tuple(d.strip() for item in value for d in str(item).split(",") if d.strip())
+            unknown = sorted(set(devices) - {"cpu", "cuda"})
+            if unknown:
+                raise ValueError(f"flow_devices: {', '.join(unknown)} is not cpu or cuda")
+            return devices
         return value
 
     @field_validator("remote_image_hosts", mode="before")

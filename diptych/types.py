@@ -280,6 +280,8 @@ class EngineConfig:
     flow_memory_gib: float | None = None
     # What the flow worker keeps across requests for reuse (its runner's caches).
     flow_cache_gib: float = 0.5
+    # One flow worker per entry (empty: one on ``device``); engine/parallel.py checks them.
+    flow_devices: tuple[str, ...] = ()
     # vLLM's parallelism (engine/parallel.py checks the combination before anything starts).
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1

@@ -85,7 +85,9 @@ def test_every_setting_has_one_flag_with_help() -> None:
     actions = _serve_actions()
     assert sorted(a.dest for a in actions) == sorted(Settings.model_fields)
     for action in actions:
-        assert action.option_strings == [setting_flag(action.dest, Settings.model_fields[action.dest])]
+        flag = setting_flag(action.dest, Settings.model_fields[action.dest])
+        # A repeatable flag names one item, and answers to its plural too (--flow-devices cpu,cpu).
+        assert action.option_strings == ([flag, flag + "s"] if isinstance(action, argparse._AppendAction) else [flag])
         assert action.help and env_var(action.dest) in action.help
 
 

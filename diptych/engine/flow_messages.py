@@ -24,7 +24,7 @@ class Shutdown:
 
 @dataclass(frozen=True)
 class Ready:
-    pass
+    budget_bytes: int  # the activation budget the worker admits requests within
 
 
 @dataclass(frozen=True)

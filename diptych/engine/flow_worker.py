@@ -22,16 +22,23 @@ PROCESS_NAME = "diptych-flow"
 
 def worker_main(
     model_dir: str, device: str, dtype: str, inbox: Any, outbox: Any, log_level: str = "INFO",
-    memory_gib: float | None = None, cache_gib: float = 0.0,
+    memory_gib: float | None = None, cache_gib: float = 0.0, cpus: tuple[int, ...] | None = None,
 ) -> None:
     """``inbox``: a multiprocessing queue of :data:`Inbound`; ``outbox``: the write end of a pipe.
 
     ``memory_gib``: the activation budget (see :func:`default_budget`); None, a share of what is free.
     ``cache_gib``: what the runner may keep across requests for reuse.
+    ``cpus``: the CPUs this worker may use, one thread on each (workers sharing a host split its
+    cores); None: all of them, with torch's own thread count.
     """
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s flow-worker %(levelname)s %(message)s")
     _name_process(PROCESS_NAME)
     _exit_with_parent()
+    if cpus is not None:
+        import torch
+
+        os.sched_setaffinity(0, cpus)
+        torch.set_num_threads(len(cpus))
     try:
         from diptych.engine.devices import resolve_dtype
         from diptych.models.registry import load_adapter
@@ -45,7 +52,7 @@ def worker_main(
         return
     budget = default_budget(device, memory_gib)  # after loading: the weights are not free memory
     logger.info("flow worker budget: %s", budget)
-    outbox.send(Ready())
+    outbox.send(Ready(budget.max_memory_bytes))
     FlowScheduler(runner, outbox.send, budget).run(inbox)
     logger.info("flow worker stopped")
 

@@ -101,6 +101,9 @@ class Orchestrator:
             state = "degraded"
         else:
             state = "down"
+        if self._flow is not None and len(self._flow.workers) > 1:
+            # Each worker on its own; the pool's state above serves while any of them does.
+            components.update({f"flow.{w.index}": w.state for w in self._flow.worker_stats()})
         return Health(state, components)
 
     def stats(self) -> EngineStats:
@@ -113,6 +116,7 @@ class Orchestrator:
             generated_tokens_total=self._generated_tokens,
             denoising_steps_total=self._flow.steps_total if self._flow is not None else 0,
             flow_caches=dict(self._flow.caches) if self._flow is not None else {},
+            flow_workers=self._flow.worker_stats() if self._flow is not None else (),
         )
 
     # -- requests -----------------------------------------------------------------------

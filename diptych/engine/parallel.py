@@ -1,4 +1,4 @@
-"""vLLM's parallelism for the AR engine: which combinations can run here, and what vLLM is given.
+"""Placement beyond one process: vLLM's parallelism for the AR engine, and the flow workers' devices.
 
 Checked before any engine starts, like the device (``devices.py``): a combination that cannot
 work is one line at start-up, not a hang or an engine core that dies at the first request.
@@ -25,7 +25,8 @@ def ranks(config: EngineConfig) -> int:
 
 
 def check_parallel(config: EngineConfig) -> None:
-    """Raise :class:`DeviceError` naming the setting when vLLM cannot run this combination here."""
+    """Raise :class:`DeviceError` naming the setting when this combination cannot run here."""
+    _check_flow_devices(config)
     if config.distributed_executor_backend == "ray" and importlib.util.find_spec("ray") is None:
         raise DeviceError("--distributed-executor-backend ray: Ray is not installed; "
                           "pip install 'diptych[ray]', or use mp")
@@ -85,3 +86,34 @@ def cpu_binding(config: EngineConfig, cpus: Sequence[int] | None = None) -> str 
     cpus = sorted(os.sched_getaffinity(0)) if cpus is None else list(cpus)
     share = len(cpus) // count
     return "|".join(",".join(str(c) for c in cpus[i * share:(i + 1) * share]) for i in range(count))
+
+
+def flow_devices(config: EngineConfig) -> tuple[str, ...]:
+    """One entry per flow worker (``--flow-devices``; unset: one worker on ``--device``)."""
+    return config.flow_devices or (config.device,)
+
+
+def flow_placements(config: EngineConfig, cpus: Sequence[int] | None = None) -> list[tuple[str, tuple[int, ...] | None]]:
+    """Each flow worker's device and CPUs: workers sharing the host's CPUs split them evenly, a
+    thread on each; a lone CPU worker (and a GPU worker) keeps torch's defaults (None)."""
+    devices = flow_devices(config)
+    on_cpu = [i for i, device in enumerate(devices) if device == "cpu"]
+    shares: dict[int, tuple[int, ...]] = {}
+    if len(on_cpu) > 1:
+        cpus = sorted(os.sched_getaffinity(0)) if cpus is None else list(cpus)
+        share = len(cpus) // len(on_cpu)
+        shares = {worker: tuple(cpus[k * share:(k + 1) * share]) for k, worker in enumerate(on_cpu)}
+    return [(device, shares.get(i)) for i, device in enumerate(devices)]
+
+
+def _check_flow_devices(config: EngineConfig) -> None:
+    devices = flow_devices(config)
+    if any(device != config.device for device in devices) or (config.device != "cpu" and len(devices) > 1):
+        # The memory plan (memory_plan.py) places the decoder on --device only: a worker elsewhere,
+        # or several on one GPU, would be unplanned.
+        raise DeviceError(f"--flow-devices {','.join(devices)}: workers on devices other than --device "
+                          f"({config.device}), or several on a GPU, are not supported yet; on CPU, repeat cpu")
+    on_cpu = sum(device == "cpu" for device in devices)
+    usable = len(os.sched_getaffinity(0))
+    if on_cpu > usable:
+        raise DeviceError(f"--flow-devices: {on_cpu} CPU workers need a CPU each; this process may use {usable}")

@@ -21,12 +21,25 @@ class Health:
 
 
 @dataclass(frozen=True)
+class FlowWorkerStats:
+    """One flow-decoder worker of the pool (engine/flow_client.py)."""
+
+    index: int
+    device: str
+    state: HealthState
+    active_images: int
+    steps_total: int
+    restarts: int
+
+
+@dataclass(frozen=True)
 class EngineStats:
     in_flight: dict[str, int]
     active_batch: dict[str, int]
     generated_tokens_total: int
     denoising_steps_total: int
     flow_caches: dict[str, CacheStats] = field(default_factory=dict)
+    flow_workers: tuple[FlowWorkerStats, ...] = ()
 
 
 class EngineClient(Protocol):

@@ -40,6 +40,24 @@ class _EngineCollector(Collector):
         yield CounterMetricFamily("diptych_denoising_steps", "Denoising steps run (rate() gives steps/s).",
                                   value=stats.denoising_steps_total)
         yield from _cache_metrics(stats.flow_caches)
+        yield from _worker_metrics(stats)
+
+
+def _worker_metrics(stats: EngineStats) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    """Each flow-decoder worker of the pool, labelled by its index and device."""
+    labels = ["worker", "device"]
+    up = GaugeMetricFamily("diptych_flow_worker_up", "1 while the worker serves, else 0.", labels=labels)
+    active = GaugeMetricFamily("diptych_flow_worker_active_images", "Images the worker is denoising.", labels=labels)
+    steps = CounterMetricFamily("diptych_flow_worker_denoising_steps", "Denoising steps the worker ran.", labels=labels)
+    restarts = CounterMetricFamily("diptych_flow_worker_restarts", "Times the worker was replaced after dying.",
+                                   labels=labels)
+    for worker in stats.flow_workers:
+        key = [str(worker.index), worker.device]
+        up.add_metric(key, 1.0 if worker.state == "ok" else 0.0)
+        active.add_metric(key, worker.active_images)
+        steps.add_metric(key, worker.steps_total)
+        restarts.add_metric(key, worker.restarts)
+    yield from (up, active, steps, restarts)
 
 
 def _cache_metrics(caches: dict[str, CacheStats]) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:

@@ -48,6 +48,10 @@ class StubFlow:
     active_images = 0
     steps_total = 0
     caches: dict = {}  # noqa: RUF012 - read only
+    workers: list = []  # noqa: RUF012 - read only
+
+    def worker_stats(self) -> tuple:
+        return ()
 
     def __init__(self, step_s: float = 0.0) -> None:
         self.step_s = step_s

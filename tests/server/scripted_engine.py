@@ -86,6 +86,10 @@ class ScriptedFlow:
     steps_total: int = 0
     caches: dict[str, CacheStats] = field(default_factory=dict)
     requests: list[ImageRequest] = field(default_factory=list)
+    workers: list = field(default_factory=list)
+
+    def worker_stats(self) -> tuple:
+        return ()
 
     async def start(self) -> None: ...
 
