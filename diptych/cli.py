@@ -32,6 +32,7 @@ BENCHES: dict[str, str] = {
     "attention": "diptych.bench.attention",
     "dtype": "diptych.bench.dtype",
     "flow": "diptych.bench.flow",
+    "flow-pool": "diptych.bench.flow_pool",
     "load": "diptych.bench.load",
     "quality": "diptych.bench.quality",
     "startup": "diptych.bench.startup",
