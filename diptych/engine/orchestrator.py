@@ -61,7 +61,7 @@ class Orchestrator:
         self._image_gate = AdmissionGate("image", config.limits.queue_depth)
         self._generated_tokens = 0
         self._stopping = False
-        self._tool_calling: ToolCalling | None = None  # loaded with the first request that has tools
+        self._tool_calling: ToolCalling | None = None  # loaded by start(), off the event loop
 
     @property
     def card(self) -> ModelCard:
@@ -69,6 +69,9 @@ class Orchestrator:
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
+        if self._ar is not None and self._card.capabilities.tool_parser is not None:
+            # The tokenizer its tool parser reads: loaded once, off the event loop.
+            self._tool_calling = await asyncio.to_thread(tool_calling_of, self._adapter)
         starts = []
         if self._ar is not None:
             starts.append(self._ar.start())
@@ -159,8 +162,6 @@ class Orchestrator:
         uses_tools = request.tools is not None or any(m.role == "tool" or m.tool_calls for m in request.messages)
         if not uses_tools:
             return None
-        if self._tool_calling is None:
-            self._tool_calling = tool_calling_of(self._adapter)
         if self._tool_calling is None:
             raise CapabilityError(f"model {self._card.name} cannot call tools: its chat template renders none",
                                   param="tools" if request.tools else "messages", code="capability_not_supported")

@@ -53,6 +53,8 @@ def _check_cpu(config: EngineConfig) -> None:
 
 
 def _check_cuda(config: EngineConfig) -> None:
+    if ranks(config) == 1:
+        return  # the device check (devices.py) has already asked for a GPU
     import torch
 
     visible = torch.cuda.device_count()
