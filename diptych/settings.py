@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -117,8 +118,8 @@ class Settings(BaseSettings):
     )
     flow_devices: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(),
-        description="One image decoder worker per entry, each request to the least loaded (comma-separated); "
-        "CPU workers split the cores. Unset: one worker on --device.",
+        description="One image decoder worker per entry (cpu, cuda or cuda:N; comma-separated), each request to "
+        "the least loaded; CPU workers split the cores, each GPU takes one worker. Unset: one worker on --device.",
     )
     max_model_len: int = Field(default=4096, ge=256, description="vLLM context length: prompt and output tokens.")
     max_num_seqs: int = Field(default=16, ge=1, description="vLLM sequences per step (a guided image is two).")
@@ -161,9 +162,9 @@ class Settings(BaseSettings):
             value = [value]
         if isinstance(value, (list, tuple)):
             devices = tuple(d.strip() for item in value for d in str(item).split(",") if d.strip())
-            unknown = sorted(set(devices) - {"cpu", "cuda"})
+            unknown = sorted(d for d in set(devices) if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", d))
             if unknown:
-                raise ValueError(f"flow_devices: {', '.join(unknown)} is not cpu or cuda")
+                raise ValueError(f"flow_devices: {', '.join(unknown)} is not cpu, cuda or cuda:N")
             return devices
         return value
 

@@ -26,7 +26,7 @@ def resolve_dtype(setting: str, device: str, declared: str | None) -> str:
     """
     if setting != "auto":
         return setting
-    if device == "cuda" and declared in DTYPES:
+    if device.startswith("cuda") and declared in DTYPES:
         return declared
     return "float32"
 

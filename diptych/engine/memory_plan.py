@@ -35,6 +35,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from diptych.engine.flow_budget import default_share, host_available_bytes
+from diptych.engine.parallel import flow_devices
 from diptych.models.base import Capabilities, FamilyAdapter, WeightFiles
 from diptych.types import EngineConfig
 
@@ -189,7 +190,8 @@ def plan_memory(
         engines = [engine for engine, where in placement.items() if where == device]
         lines: list[PlanLine] = []
         for engine in engines:
-            for part in weights.get(engine, ()):
+            kind = engine.partition(".")[0]  # "flow.1": the second flow worker, with the flow weights
+            for part in weights.get(kind, ()):
                 if not part.files:
                     logger.warning("%s %s: no safetensors files, so its weights are not in the memory plan",
                                    engine, part.component)
@@ -197,29 +199,38 @@ def plan_memory(
                 lines.append(PlanLine(engine, f"weights {part.component}", size))
             if engine == "ar":
                 lines.append(PlanLine(engine, "KV cache", kv_cache_bytes))
-            if engine == "flow":
+            if kind == "flow":
                 lines.append(PlanLine(engine, "cache", cache_bytes))
         free = memory(device)
         # On the host, processes need no CUDA context and the memory's owner is the OS: no headroom.
         headroom = HEADROOM_PER_ENGINE * len(engines) if device.startswith("cuda") else 0
-        if "flow" in engines:
+        for flow in (engine for engine in engines if engine.partition(".")[0] == "flow"):  # one per device
             activations = flow_memory_bytes
             if activations is None:
                 left = free.free - sum(line.bytes for line in lines) - headroom
                 activations = default_share(device, left)
-            lines.append(PlanLine("flow", "activations", activations))
+            lines.append(PlanLine(flow, "activations", activations))
         devices.append(DevicePlan(device, free, tuple(lines), headroom))
     return MemoryPlan(tuple(devices))
 
 
-def placement_of(capabilities: Capabilities, device: str) -> dict[str, str]:
-    """Engine → device, for the engines a family's capabilities call for; today all on one device."""
+def placement_of(capabilities: Capabilities, device: str, flow_devices: Sequence[str] = ()) -> dict[str, str]:
+    """Engine → device, for the engines a family's capabilities call for.
+
+    The AR engine is on ``device``; the flow workers on ``flow_devices`` (default: one on
+    ``device``), named "flow", "flow.1", … in order.
+    """
     placement = {}
     if capabilities.understand:
         placement["ar"] = device
     if capabilities.generate or capabilities.edit:
-        placement["flow"] = device
+        for index, where in enumerate(flow_devices or (device,)):
+            placement["flow" if index == 0 else f"flow.{index}"] = where
     return placement
+
+
+def flow_engines(placement: Mapping[str, str]) -> list[str]:
+    return [engine for engine in placement if engine.partition(".")[0] == "flow"]
 
 
 def plan_for(config: EngineConfig, adapter: FamilyAdapter, memory: Callable[[str], DeviceMemory] | None = None,
@@ -228,7 +239,7 @@ def plan_for(config: EngineConfig, adapter: FamilyAdapter, memory: Callable[[str
     flow_gib = config.flow_memory_gib
     return plan_memory(
         adapter.weight_files(),
-        placement_of(adapter.capabilities(), config.device),
+        placement_of(adapter.capabilities(), config.device, flow_devices(config)),
         memory or device_memory,  # looked up now, so that tests can replace device_memory
         kv_cache_bytes=int(config.kv_cache_gib * GIB),
         flow_memory_bytes=None if flow_gib is None else int(flow_gib * GIB),
@@ -264,8 +275,11 @@ def apply_plan(config: EngineConfig, adapter: FamilyAdapter,
     if not on_gpu:
         return config
     plan.check()
-    if "flow" in placement_of(adapter.capabilities(), config.device) and config.flow_memory_gib is None:
-        return dataclasses.replace(config, flow_memory_gib=plan.bytes_of("flow", "activations") / GIB)
+    flows = flow_engines(placement_of(adapter.capabilities(), config.device, flow_devices(config)))
+    if flows and config.flow_memory_gib is None:
+        # One budget for every worker: the smallest device's share.
+        share = min(plan.bytes_of(flow, "activations") for flow in flows)
+        return dataclasses.replace(config, flow_memory_gib=share / GIB)
     return config
 
 

@@ -91,8 +91,8 @@ def cpu_binding(config: EngineConfig, cpus: Sequence[int] | None = None) -> str 
 
 
 def flow_devices(config: EngineConfig) -> tuple[str, ...]:
-    """One entry per flow worker (``--flow-devices``; unset: one worker on ``--device``)."""
-    return config.flow_devices or (config.device,)
+    """One entry per flow worker (``--flow-devices``; unset: one worker on ``--device``); GPU 0 is "cuda"."""
+    return tuple("cuda" if device == "cuda:0" else device for device in config.flow_devices or (config.device,))
 
 
 def flow_placements(config: EngineConfig, cpus: Sequence[int] | None = None) -> list[tuple[str, tuple[int, ...] | None]]:
@@ -110,12 +110,27 @@ def flow_placements(config: EngineConfig, cpus: Sequence[int] | None = None) -> 
 
 def _check_flow_devices(config: EngineConfig) -> None:
     devices = flow_devices(config)
-    if any(device != config.device for device in devices) or (config.device != "cpu" and len(devices) > 1):
-        # The memory plan (memory_plan.py) places the decoder on --device only: a worker elsewhere,
-        # or several on one GPU, would be unplanned.
-        raise DeviceError(f"--flow-devices {','.join(devices)}: workers on devices other than --device "
-                          f"({config.device}), or several on a GPU, are not supported yet; on CPU, repeat cpu")
-    on_cpu = sum(device == "cpu" for device in devices)
-    usable = len(os.sched_getaffinity(0))
-    if on_cpu > usable:
-        raise DeviceError(f"--flow-devices: {on_cpu} CPU workers need a CPU each; this process may use {usable}")
+    listed = ",".join(config.flow_devices)
+    if any(device.split(":")[0] != config.device for device in devices):
+        raise DeviceError(f"--flow-devices {listed}: every worker must be on a {config.device} device, as --device")
+    if config.device == "cpu":
+        usable = len(os.sched_getaffinity(0))
+        if len(devices) > usable:
+            raise DeviceError(f"--flow-devices: {len(devices)} CPU workers need a CPU each; this process may use {usable}")
+        return
+    if len(set(devices)) < len(devices):
+        # Two decoders on one GPU would share its memory outside the memory plan.
+        raise DeviceError(f"--flow-devices {listed}: a GPU takes one worker")
+    indices = [int(device.partition(":")[2] or 0) for device in devices]
+    beside_ranks = sorted(i for i in indices if 0 < i < ranks(config))
+    if beside_ranks:
+        # vLLM's ranks take GPUs 0 … ranks-1; the memory plan counts the AR engine on GPU 0 only.
+        raise DeviceError(f"--flow-devices {listed}: cuda:{beside_ranks[0]} holds one of vLLM's {ranks(config)} "
+                          "ranks, which the memory plan does not cover beside a decoder; use GPUs from "
+                          f"cuda:{ranks(config)} on")
+    if max(indices) > 0:
+        import torch
+
+        visible = torch.cuda.device_count()
+        if max(indices) >= visible:
+            raise DeviceError(f"--flow-devices {listed}: cuda:{max(indices)} is not one of the {visible} visible GPUs")

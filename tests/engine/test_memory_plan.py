@@ -159,6 +159,34 @@ def test_apply_plan_on_a_gpu_fixes_the_flow_share_or_refuses(tiny_checkpoint: Ti
         apply_plan(_config(model, tmp_path, device="cuda", kv_cache_gib=16.0), adapter, _fake(12.0))
 
 
+def test_a_decoder_worker_per_gpu_is_planned_on_its_own_gpu(tiny_checkpoint: TinyCheckpoint,
+                                                            tmp_path: Path) -> None:
+    model = tiny_checkpoint("janus-pro")
+    adapter = load_adapter(model)
+    free = {"cuda": 12.0, "cuda:1": 8.0}  # GPU 0 also holds vLLM; GPU 1 has less free
+
+    def memory(device: str) -> DeviceMemory:
+        return DeviceMemory(int(free[device] * GIB), int(24 * GIB))
+
+    config = _config(model, tmp_path, device="cuda", flow_devices="cuda:0,cuda:1")
+    plan = mp.plan_for(config, adapter, memory)
+    lines = {plan_.device: {(line.engine, line.component) for line in plan_.lines} for plan_ in plan.devices}
+    assert set(lines) == {"cuda", "cuda:1"}  # cuda:0 is GPU 0, planned once with vLLM
+    assert {engine for engine, _ in lines["cuda"]} == {"ar", "flow"}
+    assert {engine for engine, _ in lines["cuda:1"]} == {"flow.1"}
+    assert ("flow.1", "activations") in lines["cuda:1"] and ("flow.1", "cache") in lines["cuda:1"]
+    weights = {line.component: line.bytes for line in plan.devices[1].lines if line.component.startswith("weights")}
+    assert weights == {line.component: line.bytes for line in plan.devices[0].lines
+                       if line.engine == "flow" and line.component.startswith("weights")}
+    # GPU 1: one engine's headroom; every worker gets the smaller of the two devices' shares.
+    assert plan.devices[1].headroom == HEADROOM_PER_ENGINE
+    shares = [plan.bytes_of(flow, "activations") for flow in ("flow", "flow.1")]
+    assert apply_plan(config, adapter, memory).flow_memory_gib == min(shares) / GIB
+    free["cuda:1"] = 0.5
+    with pytest.raises(MemoryPlanError, match=r"cuda:1: .* needed \(flow\.1 weights"):
+        apply_plan(config, adapter, memory)
+
+
 def test_apply_plan_on_cpu_only_logs(tiny_checkpoint: TinyCheckpoint, tmp_path: Path,
                                      caplog: pytest.LogCaptureFixture) -> None:
     model = tiny_checkpoint("janus-pro")

