@@ -116,6 +116,11 @@ class Settings(BaseSettings):
         description="What the image decoder keeps across requests for reuse (prompt embeddings, prefix keys and "
         "values), in GiB; least recently used first out; 0 keeps nothing.",
     )
+    ar_device: str | None = Field(
+        default=None, pattern=r"^(cpu|cuda(:[0-9]+)?)$",
+        description="The AR engine's device (cpu, cuda or cuda:N); with several vLLM ranks, the first of theirs "
+        "(they take the GPUs from it on). Unset: --device.",
+    )
     flow_devices: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(),
         description="One image decoder worker per entry (cpu, cuda or cuda:N; comma-separated), each request to "

@@ -280,7 +280,9 @@ class EngineConfig:
     flow_memory_gib: float | None = None
     # What the flow worker keeps across requests for reuse (its runner's caches).
     flow_cache_gib: float = 0.5
-    # One flow worker per entry (empty: one on ``device``); engine/parallel.py checks them.
+    # The AR engine's device (None: ``device``), and one flow worker per entry of
+    # ``flow_devices`` (empty: one on ``device``); engine/parallel.py checks them.
+    ar_device: str | None = None
     flow_devices: tuple[str, ...] = ()
     # vLLM's parallelism (engine/parallel.py checks the combination before anything starts).
     tensor_parallel_size: int = 1

@@ -91,6 +91,8 @@ class AREngine:
         self._load = SchedulerLoad()
         self._watchdog: asyncio.Task[None] | None = None
         self.restarts = 0
+        # The server's own GPU numbering, before vLLM's placement narrows it (parallel.vllm_visible_devices).
+        self._inherited_visible = os.environ.get("CUDA_VISIBLE_DEVICES")
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -174,6 +176,11 @@ class AREngine:
             **parallel.engine_args(self._config),
             **self._options,
         )
+        visible = parallel.vllm_visible_devices(self._config, self._inherited_visible)
+        if visible is not None:
+            # Read by vLLM's processes, spawned below; the flow workers restore the server's own.
+            os.environ["CUDA_VISIBLE_DEVICES"] = visible
+            logger.info("vLLM placed on GPUs %s", visible)
         binding = parallel.cpu_binding(self._config)
         if binding is not None and parallel.CPU_BIND_VARIABLE not in os.environ:  # a binding of one's own wins
             os.environ[parallel.CPU_BIND_VARIABLE] = binding  # read by vLLM's rank processes, spawned below

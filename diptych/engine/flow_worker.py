@@ -23,6 +23,7 @@ PROCESS_NAME = "diptych-flow"
 def worker_main(
     model_dir: str, device: str, dtype: str, inbox: Any, outbox: Any, log_level: str = "INFO",
     memory_gib: float | None = None, cache_gib: float = 0.0, cpus: tuple[int, ...] | None = None,
+    visible_devices: str | None = None,
 ) -> None:
     """``inbox``: a multiprocessing queue of :data:`Inbound`; ``outbox``: the write end of a pipe.
 
@@ -30,7 +31,13 @@ def worker_main(
     ``cache_gib``: what the runner may keep across requests for reuse.
     ``cpus``: the CPUs this worker may use, one thread on each (workers sharing a host split its
     cores); None: all of them, with torch's own thread count.
+    ``visible_devices``: the server's own ``CUDA_VISIBLE_DEVICES`` (None: unset), which ``device``
+    is numbered in; the gateway's may since have been narrowed to vLLM's GPUs (``--ar-device``).
     """
+    if visible_devices is None:
+        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible_devices
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s flow-worker %(levelname)s %(message)s")
     _name_process(PROCESS_NAME)
     _exit_with_parent()

@@ -16,6 +16,7 @@ import asyncio
 import itertools
 import logging
 import multiprocessing as mp
+import os
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -79,6 +80,8 @@ class FlowWorkerClient:
         self.restarts = 0
         self.budget_bytes = 0  # the worker's activation budget, as it reported when ready
         self.images_in_flight = 0  # images of the requests sent to it and not ended (the pool's load measure)
+        # The server's GPU numbering, which ``device`` is in (vLLM's placement may narrow the gateway's later).
+        self._visible_devices = os.environ.get("CUDA_VISIBLE_DEVICES")
 
     @property
     def health_state(self) -> HealthState:
@@ -113,7 +116,8 @@ class FlowWorkerClient:
         process = self._ctx.Process(
             target=worker_main,
             args=(str(self._config.model_dir), self.device, self._config.dtype, inbox, worker_end,
-                  self._log_level, self._config.flow_memory_gib, self._config.flow_cache_gib, self.cpus),
+                  self._log_level, self._config.flow_memory_gib, self._config.flow_cache_gib, self.cpus,
+                  self._visible_devices),
             name=f"diptych-flow-worker-{self.index}",
             daemon=True,
         )

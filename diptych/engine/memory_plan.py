@@ -35,7 +35,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from diptych.engine.flow_budget import default_share, host_available_bytes
-from diptych.engine.parallel import flow_devices
+from diptych.engine.parallel import ar_device, flow_devices
 from diptych.models.base import Capabilities, FamilyAdapter, WeightFiles
 from diptych.types import EngineConfig
 
@@ -214,15 +214,16 @@ def plan_memory(
     return MemoryPlan(tuple(devices))
 
 
-def placement_of(capabilities: Capabilities, device: str, flow_devices: Sequence[str] = ()) -> dict[str, str]:
+def placement_of(capabilities: Capabilities, device: str, flow_devices: Sequence[str] = (),
+                 ar_device: str | None = None) -> dict[str, str]:
     """Engine → device, for the engines a family's capabilities call for.
 
-    The AR engine is on ``device``; the flow workers on ``flow_devices`` (default: one on
-    ``device``), named "flow", "flow.1", … in order.
+    The AR engine is on ``ar_device`` (default ``device``); the flow workers on ``flow_devices``
+    (default: one on ``device``), named "flow", "flow.1", … in order.
     """
     placement = {}
     if capabilities.understand:
-        placement["ar"] = device
+        placement["ar"] = ar_device or device
     if capabilities.generate or capabilities.edit:
         for index, where in enumerate(flow_devices or (device,)):
             placement["flow" if index == 0 else f"flow.{index}"] = where
@@ -239,7 +240,7 @@ def plan_for(config: EngineConfig, adapter: FamilyAdapter, memory: Callable[[str
     flow_gib = config.flow_memory_gib
     return plan_memory(
         adapter.weight_files(),
-        placement_of(adapter.capabilities(), config.device, flow_devices(config)),
+        placement_of(adapter.capabilities(), config.device, flow_devices(config), ar_device(config)),
         memory or device_memory,  # looked up now, so that tests can replace device_memory
         kv_cache_bytes=int(config.kv_cache_gib * GIB),
         flow_memory_bytes=None if flow_gib is None else int(flow_gib * GIB),

@@ -19,6 +19,27 @@ from diptych.types import EngineConfig
 CPU_BIND_VARIABLE = "VLLM_CPU_OMP_THREADS_BIND"
 
 
+def ar_device(config: EngineConfig) -> str:
+    """The AR engine's device (``--ar-device``; unset: ``--device``); GPU 0 is "cuda"."""
+    device = config.ar_device or config.device
+    return "cuda" if device == "cuda:0" else device
+
+
+def ar_gpus(config: EngineConfig) -> list[int]:
+    """The GPUs (as this process numbers them) vLLM's ranks take: one each, from ``--ar-device`` on."""
+    first = int(ar_device(config).partition(":")[2] or 0)
+    return list(range(first, first + ranks(config)))
+
+
+def vllm_visible_devices(config: EngineConfig, inherited: str | None) -> str | None:
+    """``CUDA_VISIBLE_DEVICES`` for vLLM's processes: its ranks' GPUs only, in the terms of
+    ``inherited`` (the server's own setting, if any). None: leave it as it is (CPU, or GPU 0 on)."""
+    if config.device == "cpu" or ar_device(config) == "cuda":
+        return None
+    visible = inherited.split(",") if inherited else None
+    return ",".join(visible[i] if visible else str(i) for i in ar_gpus(config))
+
+
 def ranks(config: EngineConfig) -> int:
     """vLLM worker processes: one per tensor-parallel rank, pipeline stage and data-parallel replica."""
     return config.tensor_parallel_size * config.pipeline_parallel_size * config.data_parallel_size
@@ -26,6 +47,9 @@ def ranks(config: EngineConfig) -> int:
 
 def check_parallel(config: EngineConfig) -> None:
     """Raise :class:`DeviceError` naming the setting when this combination cannot run here."""
+    if ar_device(config).split(":")[0] != config.device:
+        raise DeviceError(f"--ar-device {config.ar_device}: the AR engine must be on a {config.device} device, "
+                          "as --device")
     _check_flow_devices(config)
     if config.distributed_executor_backend == "ray" and importlib.util.find_spec("ray") is None:
         raise DeviceError("--distributed-executor-backend ray: Ray is not installed; "
@@ -53,14 +77,14 @@ def _check_cpu(config: EngineConfig) -> None:
 
 
 def _check_cuda(config: EngineConfig) -> None:
-    if ranks(config) == 1:
+    if ar_gpus(config) == [0]:
         return  # the device check (devices.py) has already asked for a GPU
     import torch
 
     visible = torch.cuda.device_count()
-    if ranks(config) > visible:
-        raise DeviceError(f"vLLM's {ranks(config)} ranks (tensor x pipeline x data parallel) need a GPU each; "
-                          f"{visible} visible")
+    if ar_gpus(config)[-1] >= visible:
+        raise DeviceError(f"vLLM's {ranks(config)} ranks (tensor x pipeline x data parallel) need a GPU each, "
+                          f"from {ar_device(config)} on; {visible} visible")
 
 
 def engine_args(config: EngineConfig) -> dict[str, Any]:
@@ -122,12 +146,13 @@ def _check_flow_devices(config: EngineConfig) -> None:
         # Two decoders on one GPU would share its memory outside the memory plan.
         raise DeviceError(f"--flow-devices {listed}: a GPU takes one worker")
     indices = [int(device.partition(":")[2] or 0) for device in devices]
-    beside_ranks = sorted(i for i in indices if 0 < i < ranks(config))
+    gpus = ar_gpus(config) if config.device != "cpu" else []
+    beside_ranks = sorted(i for i in indices if i in gpus[1:])
     if beside_ranks:
-        # vLLM's ranks take GPUs 0 … ranks-1; the memory plan counts the AR engine on GPU 0 only.
+        # The memory plan counts the AR engine on its first GPU only.
         raise DeviceError(f"--flow-devices {listed}: cuda:{beside_ranks[0]} holds one of vLLM's {ranks(config)} "
-                          "ranks, which the memory plan does not cover beside a decoder; use GPUs from "
-                          f"cuda:{ranks(config)} on")
+                          f"ranks (GPUs {gpus[0]}-{gpus[-1]}), which the memory plan does not cover beside a "
+                          "decoder; put decoders on other GPUs, or on the first of vLLM's")
     if max(indices) > 0:
         import torch
 

@@ -187,6 +187,16 @@ def test_a_decoder_worker_per_gpu_is_planned_on_its_own_gpu(tiny_checkpoint: Tin
         apply_plan(config, adapter, memory)
 
 
+def test_the_ar_engine_is_planned_on_its_own_gpu(tiny_checkpoint: TinyCheckpoint, tmp_path: Path) -> None:
+    model = tiny_checkpoint("janus-pro")
+    config = _config(model, tmp_path, device="cuda", ar_device="cuda:1")
+    plan = mp.plan_for(config, load_adapter(model), _fake(12.0))
+    engines = {plan_.device: {line.engine for line in plan_.lines} for plan_ in plan.devices}
+    assert engines == {"cuda:1": {"ar"}, "cuda": {"flow"}}
+    assert {plan_.device: plan_.headroom for plan_ in plan.devices} == {"cuda:1": HEADROOM_PER_ENGINE,
+                                                                        "cuda": HEADROOM_PER_ENGINE}
+
+
 def test_apply_plan_on_cpu_only_logs(tiny_checkpoint: TinyCheckpoint, tmp_path: Path,
                                      caplog: pytest.LogCaptureFixture) -> None:
     model = tiny_checkpoint("janus-pro")

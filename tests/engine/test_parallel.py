@@ -60,7 +60,7 @@ def test_cuda_needs_a_gpu_per_rank(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    with pytest.raises(DeviceError, match="need a GPU each; 1 visible"):
+    with pytest.raises(DeviceError, match="need a GPU each, from cuda on; 1 visible"):
         parallel.check_parallel(_config(device="cuda", tensor_parallel_size=2))
     parallel.check_parallel(_config(device="cuda", pipeline_parallel_size=1))
 
@@ -89,6 +89,25 @@ def test_the_settings_reach_vllms_engine_arguments(two_cpus: None, monkeypatch: 
     assert (seen["tensor_parallel_size"], seen["pipeline_parallel_size"], seen["data_parallel_size"],
             seen["distributed_executor_backend"]) == (2, 1, 1, "mp")
     assert environ[parallel.CPU_BIND_VARIABLE] == "0|1"
+
+
+def test_the_ar_device_narrows_vllms_gpus_and_the_decoders_keep_the_servers(monkeypatch: pytest.MonkeyPatch,
+                                                                           tmp_path: Path) -> None:
+    import diptych.engine.ar_engine as ar_engine
+    from diptych.engine.flow_worker_client import FlowWorkerClient
+
+    (tmp_path / "config.json").write_text("{}")
+    environ = {k: v for k, v in ar_engine.os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    environ["CUDA_VISIBLE_DEVICES"] = "2,3"
+    monkeypatch.setattr(ar_engine.os, "environ", environ)
+    seen: dict[str, str] = {}
+    monkeypatch.setattr(ar_engine, "build_async_llm",
+                        lambda args, stat_loggers: seen.update(visible=environ["CUDA_VISIBLE_DEVICES"]) or "llm")
+    config = dataclasses.replace(ar_config(tmp_path), device="cuda", ar_device="cuda:1")
+    worker = FlowWorkerClient(config, device="cuda")  # made before the engine starts, as build_orchestrator does
+    ar_engine.AREngine(tmp_path, config)._build()
+    assert seen == {"visible": "3"}  # GPU 1 of the server's "2,3"
+    assert worker._visible_devices == "2,3"  # what its process restores before touching CUDA
 
 
 def test_serve_stops_with_one_line_before_any_engine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -122,6 +141,36 @@ def test_a_decoder_may_not_share_a_gpu_with_a_vllm_rank_beyond_the_first(monkeyp
     with pytest.raises(DeviceError, match="cuda:1 holds one of vLLM's 2 ranks"):
         parallel.check_parallel(_config(device="cuda", tensor_parallel_size=2, flow_devices=("cuda:1",)))
     parallel.check_parallel(_config(device="cuda", tensor_parallel_size=2, flow_devices=("cuda:2", "cuda:3")))
+    # The first of vLLM's GPUs may hold a decoder too (the plan counts the AR engine there).
+    with pytest.raises(DeviceError, match="cuda:3 holds one of vLLM's 2 ranks"):
+        parallel.check_parallel(_config(device="cuda", ar_device="cuda:2", tensor_parallel_size=2,
+                                        flow_devices=("cuda:2", "cuda:3")))
+    parallel.check_parallel(_config(device="cuda", ar_device="cuda:2", tensor_parallel_size=2,
+                                    flow_devices=("cuda:0", "cuda:2")))
+
+
+@pytest.mark.parametrize(("fields", "named"), [
+    ({"device": "cpu", "ar_device": "cuda:1"}, "the AR engine must be on a cpu device"),
+    ({"device": "cuda", "ar_device": "cuda:1", "tensor_parallel_size": 2}, "from cuda:1 on; 2 visible"),
+])
+def test_an_ar_device_that_cannot_run_is_refused(monkeypatch: pytest.MonkeyPatch, fields: dict[str, Any],
+                                                 named: str) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(DeviceError, match=named):
+        parallel.check_parallel(_config(**fields))
+
+
+@pytest.mark.parametrize(("fields", "inherited", "visible"), [
+    ({"device": "cpu"}, None, None),
+    ({"device": "cuda"}, None, None),  # GPU 0 on: vLLM's default placement
+    ({"device": "cuda", "ar_device": "cuda:1"}, None, "1"),
+    ({"device": "cuda", "ar_device": "cuda:1", "tensor_parallel_size": 2}, None, "1,2"),
+    ({"device": "cuda", "ar_device": "cuda:1", "tensor_parallel_size": 2}, "4,5,6", "5,6"),  # the server's numbering
+])
+def test_vllm_sees_only_its_ranks_gpus(fields: dict[str, Any], inherited: str | None, visible: str | None) -> None:
+    assert parallel.vllm_visible_devices(_config(**fields), inherited) == visible
 
 
 def test_one_worker_per_gpu_runs_on_its_own_device(monkeypatch: pytest.MonkeyPatch) -> None:
