@@ -35,7 +35,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from diptych.engine.flow_budget import default_share, host_available_bytes
-from diptych.engine.parallel import ar_device, flow_devices
+from diptych.engine.parallel import ar_devices, flow_devices
 from diptych.models.base import Capabilities, FamilyAdapter, WeightFiles
 from diptych.types import EngineConfig
 
@@ -177,8 +177,13 @@ def plan_memory(
     flow_memory_bytes: int | None,
     cache_bytes: int = 0,
     dtype: str = "auto",
+    ar_model_parts: int = 1,
 ) -> MemoryPlan:
     """The plan of the engines in ``placement`` (engine → device; an engine not there does not run).
+
+    vLLM's ranks are "ar", "ar.1", …, each holding ``1 / ar_model_parts`` of the AR weights
+    (its tensor-parallel × pipeline-parallel share) and a KV cache of ``kv_cache_bytes``
+    (vLLM's budget is per rank).
 
     ``weights``: the adapter's ``weight_files()``. ``dtype``: the serving dtype of every
     engine's floating-point weights (both engines cast to it), or "auto" for each tensor's
@@ -196,8 +201,10 @@ def plan_memory(
                     logger.warning("%s %s: no safetensors files, so its weights are not in the memory plan",
                                    engine, part.component)
                 size = weight_bytes(parameter_counts(part), dtype)
+                if kind == "ar":
+                    size = -(-size // ar_model_parts)  # a rank's share, rounded up
                 lines.append(PlanLine(engine, f"weights {part.component}", size))
-            if engine == "ar":
+            if kind == "ar":
                 lines.append(PlanLine(engine, "KV cache", kv_cache_bytes))
             if kind == "flow":
                 lines.append(PlanLine(engine, "cache", cache_bytes))
@@ -215,15 +222,16 @@ def plan_memory(
 
 
 def placement_of(capabilities: Capabilities, device: str, flow_devices: Sequence[str] = (),
-                 ar_device: str | None = None) -> dict[str, str]:
+                 ar_devices: Sequence[str] = ()) -> dict[str, str]:
     """Engine → device, for the engines a family's capabilities call for.
 
-    The AR engine is on ``ar_device`` (default ``device``); the flow workers on ``flow_devices``
-    (default: one on ``device``), named "flow", "flow.1", … in order.
+    vLLM's ranks are on ``ar_devices`` (default: one on ``device``), named "ar", "ar.1", …; the
+    flow workers on ``flow_devices`` (default: one on ``device``), named "flow", "flow.1", ….
     """
     placement = {}
     if capabilities.understand:
-        placement["ar"] = ar_device or device
+        for index, where in enumerate(ar_devices or (device,)):
+            placement["ar" if index == 0 else f"ar.{index}"] = where
     if capabilities.generate or capabilities.edit:
         for index, where in enumerate(flow_devices or (device,)):
             placement["flow" if index == 0 else f"flow.{index}"] = where
@@ -240,12 +248,14 @@ def plan_for(config: EngineConfig, adapter: FamilyAdapter, memory: Callable[[str
     flow_gib = config.flow_memory_gib
     return plan_memory(
         adapter.weight_files(),
-        placement_of(adapter.capabilities(), config.device, flow_devices(config), ar_device(config)),
+        placement_of(adapter.capabilities(), config.device, flow_devices(config), ar_devices(config)),
         memory or device_memory,  # looked up now, so that tests can replace device_memory
         kv_cache_bytes=int(config.kv_cache_gib * GIB),
         flow_memory_bytes=None if flow_gib is None else int(flow_gib * GIB),
         cache_bytes=int(config.flow_cache_gib * GIB),
         dtype=dtype,
+        # On CPU the ranks share the host: the whole model, once, is the estimate.
+        ar_model_parts=1 if config.device == "cpu" else config.tensor_parallel_size * config.pipeline_parallel_size,
     )
 
 
@@ -276,7 +286,7 @@ def apply_plan(config: EngineConfig, adapter: FamilyAdapter,
     if not on_gpu:
         return config
     plan.check()
-    flows = flow_engines(placement_of(adapter.capabilities(), config.device, flow_devices(config)))
+    flows = flow_engines(placement_of(adapter.capabilities(), config.device, flow_devices(config)))  # names only
     if flows and config.flow_memory_gib is None:
         # One budget for every worker: the smallest device's share.
         share = min(plan.bytes_of(flow, "activations") for flow in flows)

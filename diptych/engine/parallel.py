@@ -31,6 +31,13 @@ def ar_gpus(config: EngineConfig) -> list[int]:
     return list(range(first, first + ranks(config)))
 
 
+def ar_devices(config: EngineConfig) -> tuple[str, ...]:
+    """vLLM's ranks' devices, one per rank on GPUs (GPU 0 is "cuda"); on CPU, the host once."""
+    if config.device == "cpu":
+        return ("cpu",)
+    return tuple("cuda" if gpu == 0 else f"cuda:{gpu}" for gpu in ar_gpus(config))
+
+
 def vllm_visible_devices(config: EngineConfig, inherited: str | None) -> str | None:
     """``CUDA_VISIBLE_DEVICES`` for vLLM's processes: its ranks' GPUs only, in the terms of
     ``inherited`` (the server's own setting, if any). None: leave it as it is (CPU, or GPU 0 on)."""
@@ -146,13 +153,6 @@ def _check_flow_devices(config: EngineConfig) -> None:
         # Two decoders on one GPU would share its memory outside the memory plan.
         raise DeviceError(f"--flow-devices {listed}: a GPU takes one worker")
     indices = [int(device.partition(":")[2] or 0) for device in devices]
-    gpus = ar_gpus(config) if config.device != "cpu" else []
-    beside_ranks = sorted(i for i in indices if i in gpus[1:])
-    if beside_ranks:
-        # The memory plan counts the AR engine on its first GPU only.
-        raise DeviceError(f"--flow-devices {listed}: cuda:{beside_ranks[0]} holds one of vLLM's {ranks(config)} "
-                          f"ranks (GPUs {gpus[0]}-{gpus[-1]}), which the memory plan does not cover beside a "
-                          "decoder; put decoders on other GPUs, or on the first of vLLM's")
     if max(indices) > 0:
         import torch
 

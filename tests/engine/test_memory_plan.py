@@ -197,6 +197,24 @@ def test_the_ar_engine_is_planned_on_its_own_gpu(tiny_checkpoint: TinyCheckpoint
                                                                         "cuda": HEADROOM_PER_ENGINE}
 
 
+def test_each_vllm_rank_is_planned_on_its_gpu_with_its_share(tiny_checkpoint: TinyCheckpoint, tmp_path: Path) -> None:
+    model = tiny_checkpoint("janus-pro")
+    adapter = load_adapter(model)
+    whole = mp.plan_for(_config(model, tmp_path, device="cuda"), adapter, _fake(12.0))
+    config = _config(model, tmp_path, device="cuda", tensor_parallel_size=2, flow_devices="cuda:1")
+    plan = mp.plan_for(config, adapter, _fake(12.0))
+    engines = {plan_.device: {line.engine for line in plan_.lines} for plan_ in plan.devices}
+    # Rank 1 and the decoder share GPU 1, planned together.
+    assert engines == {"cuda": {"ar"}, "cuda:1": {"ar.1", "flow"}}
+    weights = [line.bytes for line in whole.devices[0].lines if line.engine == "ar" and line.component.startswith("weights")]
+    for rank in ("ar", "ar.1"):
+        ours = [line.bytes for plan_ in plan.devices for line in plan_.lines
+                if line.engine == rank and line.component.startswith("weights")]
+        assert ours == [-(-size // 2) for size in weights]  # each tensor-parallel rank holds half
+        assert plan.bytes_of(rank, "KV cache") == int(config.kv_cache_gib * GIB)  # vLLM's budget is per rank
+    assert plan.devices[1].headroom == 2 * HEADROOM_PER_ENGINE
+
+
 def test_apply_plan_on_cpu_only_logs(tiny_checkpoint: TinyCheckpoint, tmp_path: Path,
                                      caplog: pytest.LogCaptureFixture) -> None:
     model = tiny_checkpoint("janus-pro")

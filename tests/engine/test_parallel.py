@@ -134,19 +134,10 @@ def test_flow_devices_that_cannot_run_are_refused(two_cpus: None, monkeypatch: p
         parallel.check_parallel(_config(device=device, flow_devices=flow_devices))
 
 
-def test_a_decoder_may_not_share_a_gpu_with_a_vllm_rank_beyond_the_first(monkeypatch: pytest.MonkeyPatch) -> None:
-    import torch
-
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
-    with pytest.raises(DeviceError, match="cuda:1 holds one of vLLM's 2 ranks"):
-        parallel.check_parallel(_config(device="cuda", tensor_parallel_size=2, flow_devices=("cuda:1",)))
-    parallel.check_parallel(_config(device="cuda", tensor_parallel_size=2, flow_devices=("cuda:2", "cuda:3")))
-    # The first of vLLM's GPUs may hold a decoder too (the plan counts the AR engine there).
-    with pytest.raises(DeviceError, match="cuda:3 holds one of vLLM's 2 ranks"):
-        parallel.check_parallel(_config(device="cuda", ar_device="cuda:2", tensor_parallel_size=2,
-                                        flow_devices=("cuda:2", "cuda:3")))
-    parallel.check_parallel(_config(device="cuda", ar_device="cuda:2", tensor_parallel_size=2,
-                                    flow_devices=("cuda:0", "cuda:2")))
+def test_vllms_ranks_are_placed_one_per_gpu_from_the_ar_device() -> None:
+    assert parallel.ar_devices(_config(device="cpu", tensor_parallel_size=2)) == ("cpu",)
+    assert parallel.ar_devices(_config(device="cuda", tensor_parallel_size=2)) == ("cuda", "cuda:1")
+    assert parallel.ar_devices(_config(device="cuda", ar_device="cuda:2", data_parallel_size=2)) == ("cuda:2", "cuda:3")
 
 
 @pytest.mark.parametrize(("fields", "named"), [
