@@ -19,23 +19,36 @@ from diptych.types import EngineConfig
 CPU_BIND_VARIABLE = "VLLM_CPU_OMP_THREADS_BIND"
 
 
+def gpu_index(device: str) -> int:
+    """The GPU a "cuda" or "cuda:N" device names (as this process numbers them)."""
+    return int(device.partition(":")[2] or 0)
+
+
+def gpu_device(index: int) -> str:
+    """GPU ``index`` as the plan and the workers name it: "cuda" for GPU 0, as ``--device cuda`` does."""
+    return "cuda" if index == 0 else f"cuda:{index}"
+
+
+def _named(device: str) -> str:
+    return gpu_device(gpu_index(device)) if device.startswith("cuda") else device
+
+
 def ar_device(config: EngineConfig) -> str:
-    """The AR engine's device (``--ar-device``; unset: ``--device``); GPU 0 is "cuda"."""
-    device = config.ar_device or config.device
-    return "cuda" if device == "cuda:0" else device
+    """The AR engine's device (``--ar-device``; unset: ``--device``)."""
+    return _named(config.ar_device or config.device)
 
 
 def ar_gpus(config: EngineConfig) -> list[int]:
-    """The GPUs (as this process numbers them) vLLM's ranks take: one each, from ``--ar-device`` on."""
-    first = int(ar_device(config).partition(":")[2] or 0)
+    """The GPUs vLLM's ranks take: one each, from ``--ar-device`` on."""
+    first = gpu_index(ar_device(config))
     return list(range(first, first + ranks(config)))
 
 
 def ar_devices(config: EngineConfig) -> tuple[str, ...]:
-    """vLLM's ranks' devices, one per rank on GPUs (GPU 0 is "cuda"); on CPU, the host once."""
+    """vLLM's ranks' devices, one per rank on GPUs; on CPU, the host once."""
     if config.device == "cpu":
         return ("cpu",)
-    return tuple("cuda" if gpu == 0 else f"cuda:{gpu}" for gpu in ar_gpus(config))
+    return tuple(gpu_device(gpu) for gpu in ar_gpus(config))
 
 
 def vllm_visible_devices(config: EngineConfig, inherited: str | None) -> str | None:
@@ -116,14 +129,19 @@ def cpu_binding(config: EngineConfig, cpus: Sequence[int] | None = None) -> str 
     count = ranks(config)
     if config.device != "cpu" or count == 1:
         return None
+    return "|".join(",".join(str(c) for c in share) for share in split_cpus(count, cpus))
+
+
+def split_cpus(count: int, cpus: Sequence[int] | None = None) -> list[tuple[int, ...]]:
+    """``cpus`` (default: the usable ones) in ``count`` even shares, in order; a remainder is left idle."""
     cpus = sorted(os.sched_getaffinity(0)) if cpus is None else list(cpus)
     share = len(cpus) // count
-    return "|".join(",".join(str(c) for c in cpus[i * share:(i + 1) * share]) for i in range(count))
+    return [tuple(cpus[i * share:(i + 1) * share]) for i in range(count)]
 
 
 def flow_devices(config: EngineConfig) -> tuple[str, ...]:
-    """One entry per flow worker (``--flow-devices``; unset: one worker on ``--device``); GPU 0 is "cuda"."""
-    return tuple("cuda" if device == "cuda:0" else device for device in config.flow_devices or (config.device,))
+    """One entry per flow worker (``--flow-devices``; unset: one worker on ``--device``)."""
+    return tuple(_named(device) for device in config.flow_devices or (config.device,))
 
 
 def flow_placements(config: EngineConfig, cpus: Sequence[int] | None = None) -> list[tuple[str, tuple[int, ...] | None]]:
@@ -131,11 +149,7 @@ def flow_placements(config: EngineConfig, cpus: Sequence[int] | None = None) -> 
     thread on each; a lone CPU worker (and a GPU worker) keeps torch's defaults (None)."""
     devices = flow_devices(config)
     on_cpu = [i for i, device in enumerate(devices) if device == "cpu"]
-    shares: dict[int, tuple[int, ...]] = {}
-    if len(on_cpu) > 1:
-        cpus = sorted(os.sched_getaffinity(0)) if cpus is None else list(cpus)
-        share = len(cpus) // len(on_cpu)
-        shares = {worker: tuple(cpus[k * share:(k + 1) * share]) for k, worker in enumerate(on_cpu)}
+    shares = dict(zip(on_cpu, split_cpus(len(on_cpu), cpus), strict=True)) if len(on_cpu) > 1 else {}
     return [(device, shares.get(i)) for i, device in enumerate(devices)]
 
 
@@ -152,7 +166,7 @@ def _check_flow_devices(config: EngineConfig) -> None:
     if len(set(devices)) < len(devices):
         # Two decoders on one GPU would share its memory outside the memory plan.
         raise DeviceError(f"--flow-devices {listed}: a GPU takes one worker")
-    indices = [int(device.partition(":")[2] or 0) for device in devices]
+    indices = [gpu_index(device) for device in devices]
     if max(indices) > 0:
         import torch
 
