@@ -195,7 +195,7 @@ def plan_memory(
         engines = [engine for engine, where in placement.items() if where == device]
         lines: list[PlanLine] = []
         for engine in engines:
-            kind = engine.partition(".")[0]  # "flow.1": the second flow worker, with the flow weights
+            kind = _kind(engine)
             for part in weights.get(kind, ()):
                 if not part.files:
                     logger.warning("%s %s: no safetensors files, so its weights are not in the memory plan",
@@ -211,7 +211,7 @@ def plan_memory(
         free = memory(device)
         # On the host, processes need no CUDA context and the memory's owner is the OS: no headroom.
         headroom = HEADROOM_PER_ENGINE * len(engines) if device.startswith("cuda") else 0
-        for flow in (engine for engine in engines if engine.partition(".")[0] == "flow"):  # one per device
+        for flow in (engine for engine in engines if _kind(engine) == "flow"):  # one per device
             activations = flow_memory_bytes
             if activations is None:
                 left = free.free - sum(line.bytes for line in lines) - headroom
@@ -238,8 +238,9 @@ def placement_of(capabilities: Capabilities, device: str, flow_devices: Sequence
     return placement
 
 
-def flow_engines(placement: Mapping[str, str]) -> list[str]:
-    return [engine for engine in placement if engine.partition(".")[0] == "flow"]
+def _kind(engine: str) -> str:
+    """What an engine of the placement runs: "flow.1", the second flow worker, is a "flow"."""
+    return engine.partition(".")[0]
 
 
 def plan_for(config: EngineConfig, adapter: FamilyAdapter, memory: Callable[[str], DeviceMemory] | None = None,
@@ -286,11 +287,10 @@ def apply_plan(config: EngineConfig, adapter: FamilyAdapter,
     if not on_gpu:
         return config
     plan.check()
-    flows = flow_engines(placement_of(adapter.capabilities(), config.device, flow_devices(config)))  # names only
-    if flows and config.flow_memory_gib is None:
-        # One budget for every worker: the smallest device's share.
-        share = min(plan.bytes_of(flow, "activations") for flow in flows)
-        return dataclasses.replace(config, flow_memory_gib=share / GIB)
+    shares = [line.bytes for device in plan.devices for line in device.lines if line.component == "activations"]
+    if shares and config.flow_memory_gib is None:
+        # One budget for every flow worker: the smallest device's share.
+        return dataclasses.replace(config, flow_memory_gib=min(shares) / GIB)
     return config
 
 
