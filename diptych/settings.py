@@ -22,6 +22,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from diptych.types import EngineConfig, Limits
 
 ENV_PREFIX = "DIPTYCH_"
+# A device a setting may name: the host, or a GPU (GPU 0 when no index is given).
+_DEVICE = r"cpu|cuda(:[0-9]+)?"
 
 _Derived = TypeVar("_Derived")
 
@@ -117,7 +119,7 @@ class Settings(BaseSettings):
         "values), in GiB; least recently used first out; 0 keeps nothing.",
     )
     ar_device: str | None = Field(
-        default=None, pattern=r"^(cpu|cuda(:[0-9]+)?)$",
+        default=None, pattern=rf"^({_DEVICE})$",
         description="The AR engine's device (cpu, cuda or cuda:N); with several vLLM ranks, the first of theirs "
         "(they take the GPUs from it on). Unset: --device.",
     )
@@ -167,7 +169,7 @@ class Settings(BaseSettings):
             value = [value]
         if isinstance(value, (list, tuple)):
             devices = tuple(d.strip() for item in value for d in str(item).split(",") if d.strip())
-            unknown = sorted(d for d in set(devices) if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", d))
+            unknown = sorted(d for d in set(devices) if not re.fullmatch(_DEVICE, d))
             if unknown:
                 raise ValueError(f"flow_devices: {', '.join(unknown)} is not cpu, cuda or cuda:N")
             return devices

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from PIL import Image
 
@@ -82,14 +82,19 @@ class StructuredOutput:
     disable_additional_properties: bool = False
     whitespace_pattern: str | None = None
 
+    # The options beside the constraint, named as vLLM (and the request's structured_outputs) names them.
+    OPTIONS: ClassVar[tuple[str, ...]] = ("disable_any_whitespace", "disable_additional_properties",
+                                          "whitespace_pattern")
+
+    @classmethod
+    def options_of(cls, source: Any) -> dict[str, Any]:
+        """The options as ``source`` (a request's structured_outputs, vLLM's params) holds them."""
+        return {name: getattr(source, name) for name in cls.OPTIONS}
+
     def vllm_fields(self) -> dict[str, Any]:
         """The arguments of vLLM's ``StructuredOutputsParams`` (and of its request's ``structured_outputs``)."""
         value: Any = True if self.kind == "json_object" else json.loads(self.spec) if self.kind == "choice" else self.spec
-        fields: dict[str, Any] = {self.kind: value, "disable_any_whitespace": self.disable_any_whitespace,
-                                  "disable_additional_properties": self.disable_additional_properties}
-        if self.whitespace_pattern is not None:
-            fields["whitespace_pattern"] = self.whitespace_pattern
-        return fields
+        return {self.kind: value, **self.options_of(self)}
 
 
 @dataclass(frozen=True)

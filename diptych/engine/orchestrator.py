@@ -136,9 +136,9 @@ class Orchestrator:
         max_n = min(limits.max_n, limits.queue_depth)  # admission counts each choice (below)
         if request.sampling.n > max_n:
             raise InvalidRequestError(f"n={request.sampling.n} exceeds the limit of {max_n}", param="n")
-        # Each choice is a sequence in vLLM's batch: admission counts them all.
         tools = self._tool_parsing(request)
         sampling = request.sampling if tools is None else tools.sampling
+        # Each choice is a sequence in vLLM's batch: admission counts them all.
         with self._chat_gate.admit(request.sampling.n):
             deadline = asyncio.get_running_loop().time() + limits.request_timeout_s
             if request.tools is None:

@@ -98,9 +98,7 @@ def _structured(params: Any) -> StructuredOutput | None:
     """vLLM's ``StructuredOutputsParams`` (what the parser set, or the request's own) as ours."""
     if params is None:
         return None
-    options = {"disable_any_whitespace": params.disable_any_whitespace,
-               "disable_additional_properties": params.disable_additional_properties,
-               "whitespace_pattern": params.whitespace_pattern}
+    options = StructuredOutput.options_of(params)
     for kind in ("structural_tag", "json", "regex", "choice", "grammar"):
         value = getattr(params, kind)
         if value is not None:

@@ -172,15 +172,13 @@ def _structured(body: ChatCompletionRequest) -> StructuredOutput | None:
     options: dict[str, Any] = {}
     constraint: tuple[str, str] | None = None
     if (given := body.structured_outputs) is not None:
-        options = {"disable_any_whitespace": given.disable_any_whitespace,
-                   "disable_additional_properties": given.disable_additional_properties,
-                   "whitespace_pattern": given.whitespace_pattern}
+        options = StructuredOutput.options_of(given)
         constraints = {"json": given.json_, "regex": given.regex, "choice": given.choice, "grammar": given.grammar,
-                "json_object": given.json_object or None, "structural_tag": given.structural_tag}
+                       "json_object": given.json_object or None, "structural_tag": given.structural_tag}
         named = [kind for kind, value in constraints.items() if value is not None]
         if len(named) != 1:
-            raise APIError(400, f"structured_outputs: give exactly one of {', '.join(constraints)} (got {len(named) or 'none'})",
-                           param="structured_outputs")
+            raise APIError(400, f"structured_outputs: give exactly one of {', '.join(constraints)} "
+                           f"(got {len(named) or 'none'})", param="structured_outputs")
         (kind,) = named
         value = constraints[kind]
         constraint = (kind, "" if kind == "json_object" else value if isinstance(value, str) else json.dumps(value))
