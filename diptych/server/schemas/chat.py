@@ -6,11 +6,17 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from diptych.types import FinishReason
+
 
 class _Strict(BaseModel):
     # Unknown fields are refused with a 400 that names them, rather than silently ignored; and
     # values must have the JSON type the schema publishes (no true for a number, no "8" for 8).
     model_config = ConfigDict(extra="forbid", strict=True)
+
+
+# The names OpenAI takes for a function or a response format.
+OpenAIName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
 
 class TextContent(_Strict):
@@ -51,7 +57,7 @@ class Message(_Strict):
 
 
 class FunctionDefinition(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    name: OpenAIName
     description: str | None = None
     parameters: dict[str, Any] | None = Field(default=None, description="The arguments' JSON Schema.")
     strict: bool | None = None
@@ -78,7 +84,7 @@ class StreamOptions(_Strict):
 
 
 class JSONSchemaFormat(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    name: OpenAIName
     description: str | None = None
     # "schema" would shadow a BaseModel attribute; the wire name is kept by the alias.
     json_schema: dict[str, Any] = Field(default_factory=dict, alias="schema")
@@ -182,7 +188,7 @@ class Choice(BaseModel):
     index: int
     message: ResponseMessage
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length", "tool_calls"]
+    finish_reason: FinishReason
 
 
 class Usage(BaseModel):
@@ -222,7 +228,7 @@ class ChunkChoice(BaseModel):
     index: int
     delta: Delta
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length", "tool_calls"] | None = None
+    finish_reason: FinishReason | None = None
 
 
 class ChatCompletionChunk(BaseModel):
