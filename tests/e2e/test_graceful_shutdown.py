@@ -17,6 +17,9 @@ from diptych.bench.server_process import start_server
 MODEL = "tiny-qwen-image-edit"
 
 
+# A server of its own and a slow generation (~60 s). In make test, tests/server/test_shutdown_process.py
+# drives the same drain through a real server process over a scripted engine.
+@pytest.mark.slow
 def test_sigterm_finishes_the_work_in_flight_and_refuses_new_work(
     edit_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
